@@ -1,0 +1,266 @@
+"""Layers with the book's interface: ``forward(x, train=...)`` and ``backward(dout)``.
+
+Layers compute through the ``xp`` of their inputs, so they run on NumPy or CuPy alike.
+``backward`` never writes into the caller's arrays. Layers with parameters keep references
+to them (``W``, ``b``, ``gamma``, ``beta``) and write their gradients into ``dW``, ``db``,
+``dgamma``, ``dbeta``: arrays of the same shapes which may be views into a network's flat
+gradient buffer.
+"""
+
+from __future__ import annotations
+
+from . import checks
+from .backend import array_module
+
+
+def _grad_like(p, given, name):
+    """``given`` checked against ``p`` (shape and dtype), or a fresh zero array like ``p``."""
+    if given is None:
+        return array_module(p).zeros_like(p)
+    if given.shape != p.shape or given.dtype != p.dtype:
+        raise ValueError(
+            f"{name} must have shape {p.shape} and dtype {p.dtype}, "
+            f"got {given.shape} {given.dtype}"
+        )
+    return given
+
+
+class Affine:
+    """out = x·W + b, with x of any rank flattened to (N, -1)."""
+
+    def __init__(self, W, b, dW=None, db=None):
+        if W.ndim != 2 or b.shape != (W.shape[1],):
+            raise ValueError(f"W must be (n_in, n_out) and b (n_out,), got {W.shape} and {b.shape}")
+        if W.dtype != b.dtype:
+            raise TypeError(f"W and b dtypes differ: {W.dtype} and {b.dtype}")
+        self.W, self.b = W, b
+        self.dW, self.db = _grad_like(W, dW, "dW"), _grad_like(b, db, "db")
+        self.x = self.x_shape = None
+        self.need_dx = True  # False for a first layer: skips the unused dL/dx product
+
+    def forward(self, x, train: bool = False):
+        self.x_shape = x.shape
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.W.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[1]} features per sample (shape {self.x_shape}), "
+                f"Affine expects {self.W.shape[0]}"
+            )
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout):
+        xp = array_module(dout)
+        xp.matmul(self.x.T, dout, out=self.dW)
+        dout.sum(axis=0, out=self.db)
+        if not self.need_dx:
+            return None
+        return (dout @ self.W.T).reshape(self.x_shape)
+
+
+class ReLU:
+    """out = max(x, 0)."""
+
+    def __init__(self):
+        self.mask = None
+
+    def forward(self, x, train: bool = False):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
+class Sigmoid:
+    """out = 1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2, which never overflows."""
+
+    def __init__(self):
+        self.out = None
+
+    def forward(self, x, train: bool = False):
+        xp = array_module(x)
+        self.out = 0.5 * (1 + xp.tanh(0.5 * x))
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.out * (1 - self.out)
+
+
+class Tanh:
+    """out = tanh(x)."""
+
+    def __init__(self):
+        self.out = None
+
+    def forward(self, x, train: bool = False):
+        self.out = array_module(x).tanh(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout * (1 - self.out * self.out)
+
+
+class Dropout:
+    """Drop each unit with probability ``ratio`` while training.
+
+    inverted=True (default, the course's and PyTorch's form): out = x·mask / (1 − ratio) at
+    train time, out = x at test time. inverted=False (the book's form): out = x·mask at train
+    time, out = x·(1 − ratio) at test time. Same expected output either way.
+    """
+
+    def __init__(self, ratio: float = 0.5, inverted: bool = True, rng=None):
+        self.ratio = checks.in_unit_interval("ratio", ratio)
+        self.inverted = bool(inverted)
+        self.rng = rng
+        self.mask = None
+
+    def forward(self, x, train: bool = False):
+        keep = 1.0 - self.ratio
+        if not train:
+            self.mask = None
+            return x if self.inverted else x * keep
+        if self.rng is None:
+            self.rng = array_module(x).random.default_rng()
+        self.mask = self.rng.random(x.shape, dtype=x.dtype) >= self.ratio
+        if self.inverted:
+            return x * (self.mask / x.dtype.type(keep))
+        return x * self.mask
+
+    def backward(self, dout):
+        if self.mask is None:  # evaluated without train=True: a fixed scale
+            return dout if self.inverted else dout * (1.0 - self.ratio)
+        if self.inverted:
+            return dout * (self.mask / dout.dtype.type(1.0 - self.ratio))
+        return dout * self.mask
+
+
+# -- batch normalization: reference math (the ground truth the fused kernels are tested against)
+
+
+def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):
+    """Normalize (N, D) by batch statistics; update running stats in place.
+
+    mean = Σx/N, var = Σ(x−mean)²/N (biased), invstd = 1/√(var+ε), out = γ·(x−mean)·invstd + β;
+    running ← momentum·running + (1−momentum)·batch. Returns (out, mean, invstd).
+    """
+    xp = array_module(x)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    var = (xc * xc).mean(axis=0)
+    invstd = 1 / xp.sqrt(var + eps)
+    running_mean *= momentum
+    running_mean += (1 - momentum) * mean
+    running_var *= momentum
+    running_var += (1 - momentum) * var
+    return xc * (gamma * invstd) + beta, mean, invstd
+
+
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
+    """out = γ·(x − running_mean)/√(running_var + ε) + β."""
+    xp = array_module(x)
+    scale = gamma / xp.sqrt(running_var + eps)
+    return (x - running_mean) * scale + beta
+
+
+def batchnorm_backward(dy, x, gamma, mean, invstd):
+    """Gradients of batch norm: returns (dx, dgamma, dbeta).
+
+    x̂ = (x − mean)·invstd; dβ = Σdy; dγ = Σdy·x̂; dx = γ·invstd/N·(N·dy − Σdy − x̂·Σ(dy·x̂)).
+    """
+    n = x.shape[0]
+    xhat = (x - mean) * invstd
+    dbeta = dy.sum(axis=0)
+    dgamma = (dy * xhat).sum(axis=0)
+    dx = (gamma * invstd / n) * (n * dy - dbeta - xhat * dgamma)
+    return dx, dgamma, dbeta
+
+
+class BatchNorm:
+    """Batch normalization over the features of (N, D) input (higher ranks flattened).
+
+    Training normalizes by the batch mean and biased variance and updates the running averages
+    (running ← momentum·running + (1 − momentum)·batch; the book's momentum 0.9 is PyTorch's
+    0.1); evaluation uses the running averages.
+    """
+
+    def __init__(self, gamma, beta, momentum: float = 0.9, eps: float = 1e-5,
+                 running_mean=None, running_var=None, dgamma=None, dbeta=None):
+        if gamma.ndim != 1 or beta.shape != gamma.shape:
+            raise ValueError(f"gamma and beta must be (D,), got {gamma.shape} and {beta.shape}")
+        self.momentum = checks.in_unit_interval("momentum", momentum)
+        self.eps = checks.positive("eps", eps)
+        xp = array_module(gamma)
+        self.gamma, self.beta = gamma, beta
+        self.dgamma = _grad_like(gamma, dgamma, "dgamma")
+        self.dbeta = _grad_like(beta, dbeta, "dbeta")
+        self.running_mean = xp.zeros_like(gamma) if running_mean is None else running_mean
+        self.running_var = xp.ones_like(gamma) if running_var is None else running_var
+        self.x = self.x_shape = self.mean = self.invstd = None
+
+    def forward(self, x, train: bool = False):
+        self.x_shape = x.shape
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.gamma.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[1]} features (shape {self.x_shape}), "
+                f"BatchNorm expects {self.gamma.shape[0]}"
+            )
+        if not train:
+            out = batchnorm_forward_eval(
+                x, self.gamma, self.beta, self.running_mean, self.running_var, self.eps)
+            return out.reshape(self.x_shape)
+        if x.shape[0] < 2:
+            raise ValueError(
+                f"BatchNorm in train mode needs a batch of at least 2 samples, got x of shape "
+                f"{self.x_shape} (the variance of one sample is 0)"
+            )
+        self.x = x
+        out, self.mean, self.invstd = batchnorm_forward_train(
+            x, self.gamma, self.beta, self.running_mean, self.running_var,
+            self.momentum, self.eps)
+        return out.reshape(self.x_shape)
+
+    def backward(self, dout):
+        dy = dout.reshape(dout.shape[0], -1)
+        dx, dgamma, dbeta = batchnorm_backward(dy, self.x, self.gamma, self.mean, self.invstd)
+        self.dgamma[...] = dgamma
+        self.dbeta[...] = dbeta
+        return dx.reshape(self.x_shape)
+
+
+class SoftmaxWithLoss:
+    """Softmax + mean cross-entropy. ``t`` holds class ids (N,) or one-hot rows (N, C).
+
+    loss = mean(logsumexp(x) − x[t]), with the row max subtracted first so exp never
+    overflows; backward: (softmax(x) − onehot(t)) / N · dout.
+    """
+
+    def __init__(self):
+        self.y = self.t = None
+
+    def forward(self, x, t, train: bool = False):
+        xp = array_module(x)
+        n = x.shape[0]
+        z = x - x.max(axis=1, keepdims=True)
+        e = xp.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        self.y = e / s
+        self.t = t
+        logp = z - xp.log(s)
+        if t.ndim == 1:
+            picked = logp[xp.arange(n), t]
+        else:
+            picked = (logp * t).sum(axis=1)
+        return -picked.sum() / n
+
+    def backward(self, dout=1.0):
+        xp = array_module(self.y)
+        n = self.y.shape[0]
+        dx = self.y.copy()
+        if self.t.ndim == 1:
+            dx[xp.arange(n), self.t] -= 1
+        else:
+            dx -= self.t
+        dx *= dx.dtype.type(dout / n)
+        return dx

@@ -1,0 +1,163 @@
+"""MultiLayerNet: the book's fully connected network, on a flat parameter buffer."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import checks
+from .backend import get_backend
+from .flat import allocate
+from .initializers import init_weight, weight_std
+from .layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss, Tanh
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+class MultiLayerNet:
+    """Fully connected net: per hidden layer Affine → BatchNorm → activation → Dropout,
+    then Affine → SoftmaxWithLoss.
+
+    Loss = mean cross-entropy + ½·weight_decay·ΣW² over every weight matrix (the book's form;
+    no decay on biases, gamma, beta). ``params`` and the dict ``gradient`` returns are views
+    into one flat buffer each (``params.flat``, ``grads.flat``; weights first), so an
+    optimizer updates the whole model in one pass.
+
+    Labels ``t`` may be class ids (N,) or one-hot (N, C). Float inputs of the other precision
+    are cast to ``dtype``; integer inputs are refused (scale them to floats first).
+    """
+
+    def __init__(self, input_size, hidden_sizes, output_size, activation="relu",
+                 weight_init="he", weight_decay=0.0, batchnorm=False, dropout=0.0,
+                 dtype=np.float32, backend=None, seed=None, *, bn_momentum=0.9, bn_eps=1e-5,
+                 dropout_inverted=True):
+        checks.positive("input_size", input_size, integer=True)
+        checks.positive("output_size", output_size, integer=True)
+        if isinstance(hidden_sizes, numbers.Integral):
+            hidden_sizes = [hidden_sizes]
+        hidden_sizes = list(hidden_sizes)
+        for i, h in enumerate(hidden_sizes):
+            checks.positive(f"hidden_sizes[{i}]", h, integer=True)
+        self.activation = checks.one_of("activation", activation, ACTIVATIONS)
+        sizes = [input_size, *hidden_sizes, output_size]
+        for i in range(len(sizes) - 1):  # fail on a bad name before allocating anything
+            weight_std(weight_init, sizes[i], sizes[i + 1])
+        self.weight_decay = checks.non_negative("weight_decay", weight_decay)
+        self.dropout = checks.in_unit_interval("dropout", dropout)
+        self.dtype = checks.floating_dtype("dtype", dtype)
+        self.backend = get_backend(backend)
+        xp = self.backend.xp
+        self.sizes, self.batchnorm, self.weight_init = sizes, bool(batchnorm), weight_init
+        n_hidden = len(hidden_sizes)
+
+        shapes, layout = {}, []
+        for i in range(1, len(sizes)):
+            shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i - 1], sizes[i]), (sizes[i],)
+            if self.batchnorm and i <= n_hidden:
+                shapes[f"gamma{i}"] = shapes[f"beta{i}"] = (sizes[i],)
+        layout = [k for k in shapes if k[0] == "W"] + [k for k in shapes if k[0] != "W"]
+        self.params = allocate(xp, shapes, self.dtype, layout)
+        self.grads = allocate(xp, shapes, self.dtype, layout)
+        self.n_weights = sum(self.params[f"W{i}"].size for i in range(1, len(sizes)))
+
+        self.rng = self.backend.rng(seed)
+        for i in range(1, len(sizes)):
+            self.params[f"W{i}"] = init_weight(self.rng, weight_init, sizes[i - 1], sizes[i],
+                                               self.dtype)
+            if f"gamma{i}" in shapes:
+                self.params[f"gamma{i}"] = 1
+
+        p, g = self.params, self.grads
+        self.layers = []
+        for i in range(1, len(sizes)):
+            self.layers.append(Affine(p[f"W{i}"], p[f"b{i}"], g[f"W{i}"], g[f"b{i}"]))
+            if i > n_hidden:
+                break
+            if self.batchnorm:
+                self.layers.append(BatchNorm(p[f"gamma{i}"], p[f"beta{i}"], bn_momentum, bn_eps,
+                                             dgamma=g[f"gamma{i}"], dbeta=g[f"beta{i}"]))
+            self.layers.append(ACTIVATIONS[self.activation]())
+            if self.dropout > 0:
+                self.layers.append(Dropout(self.dropout, dropout_inverted, rng=self.rng))
+        self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
+        self.last_layer = SoftmaxWithLoss()
+        self.last_loss = None
+
+    def __repr__(self) -> str:
+        return (f"MultiLayerNet(sizes={self.sizes}, activation={self.activation!r}, "
+                f"batchnorm={self.batchnorm}, dropout={self.dropout}, "
+                f"weight_decay={self.weight_decay}, dtype={self.dtype}, "
+                f"backend={self.backend.name!r})")
+
+    # -- checks at the public boundary (the trainer checks its data once and skips these)
+
+    def _x(self, x):
+        x = checks.array("x", self.backend.asarray(x), dtype=self.dtype)
+        n_in = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
+        if n_in != self.sizes[0]:
+            raise ValueError(f"x must have {self.sizes[0]} features per sample, "
+                             f"got shape {tuple(x.shape)}")
+        return x
+
+    def _t(self, t, n):
+        return checks.labels("t", self.backend.asarray(t), n, self.sizes[-1])
+
+    # -- the book's interface
+
+    def predict(self, x, train: bool = False):
+        """Scores (N, output_size) before the softmax."""
+        return self._predict(self._x(x), train)
+
+    def _predict(self, x, train):
+        for layer in self.layers:
+            x = layer.forward(x, train)
+        return x
+
+    def loss(self, x, t, train: bool = False) -> float:
+        """Cross-entropy + ½·weight_decay·ΣW², as a Python float."""
+        x = self._x(x)
+        return float(self._loss(x, self._t(t, x.shape[0]), train))
+
+    def _loss(self, x, t, train):
+        loss = self.last_layer.forward(self._predict(x, train), t)
+        if self.weight_decay:
+            w = self.params.flat[:self.n_weights]
+            loss = loss + 0.5 * self.weight_decay * (w @ w)
+        return loss
+
+    def accuracy(self, x, t, batch_size: int = 4096) -> float:
+        """Fraction of samples whose highest score is the true class (evaluated in batches)."""
+        x = self._x(x)
+        return self._accuracy(x, self._t(t, x.shape[0]), batch_size)
+
+    def _accuracy(self, x, t, batch_size=4096):
+        xp = self.backend.xp
+        if t.ndim == 2:
+            t = t.argmax(axis=1)
+        correct = 0
+        for s in range(0, x.shape[0], batch_size):
+            y = self._predict(x[s:s + batch_size], False).argmax(axis=1)
+            correct += (y == t[s:s + batch_size]).sum()
+        return float(xp.asarray(correct)) / x.shape[0]
+
+    def gradient(self, x, t):
+        """Backpropagated gradients of ``loss(x, t, train=True)``: a dict like ``params``,
+        of views into the flat gradient buffer ``grads.flat`` (refilled by every call)."""
+        x = self._x(x)
+        return self._gradient(x, self._t(t, x.shape[0]))
+
+    def _gradient(self, x, t):
+        self.last_loss = self._loss(x, t, True)
+        dout = self.last_layer.backward(1.0)
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        if self.weight_decay:
+            self.grads.flat[:self.n_weights] += self.dtype.type(self.weight_decay) * \
+                self.params.flat[:self.n_weights]
+        return self.grads
+
+    # -- state that is not a parameter
+
+    def batchnorm_layers(self):
+        return [layer for layer in self.layers if isinstance(layer, BatchNorm)]

@@ -1,0 +1,278 @@
+"""Optimizers with the book's interface: ``update(params, grads)`` changes ``params`` in place.
+
+Each optimizer's math is one function below (the ``xp`` reference, the ground truth the fused
+kernels are tested against) taking (param, grad, *state, *scalars); scalars that depend only
+on the step (bias corrections) are computed once per step on the host. When ``params`` and
+``grads`` are a network's flat buffers (they have ``.flat``), a step is one call over the whole
+model; otherwise one call per array. ``lr`` may be changed between steps.
+
+``weight_decay`` (every optimizer but AdamW) is the coupled L2 term g ← g + wd·p; AdamW's is
+decoupled: p ← p·(1 − lr·wd) before the Adam step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import checks
+from .backend import array_module
+
+# -- reference math: one function per rule, updating p and the state arrays in place
+
+
+def sgd(p, g, lr, wd):
+    """p ← p − lr·(g + wd·p)."""
+    if wd:
+        g = g + wd * p
+    p -= lr * g
+
+
+def momentum(p, g, v, lr, mu, dampening, wd):
+    """v ← μ·v + (1 − dampening)·g; p ← p − lr·v.
+
+    dampening=0 is the book's v ← μv − lr·g (the same steps while lr is constant);
+    dampening=μ is the course's EMA form v ← βv + (1 − β)g.
+    """
+    if wd:
+        g = g + wd * p
+    v *= mu
+    v += (1 - dampening) * g
+    p -= lr * v
+
+
+def nesterov(p, g, v, lr, mu, wd):
+    """The book's Nesterov: v ← μv − lr·g; p ← p + μ²·v − (1 + μ)·lr·g."""
+    if wd:
+        g = g + wd * p
+    v *= mu
+    v -= lr * g
+    p += mu * mu * v
+    p -= (1 + mu) * lr * g
+
+
+def adagrad(p, g, h, lr, eps, wd):
+    """h ← h + g²; p ← p − lr·g / (√h + ε)."""
+    xp = array_module(p)
+    if wd:
+        g = g + wd * p
+    h += g * g
+    p -= lr * g / (xp.sqrt(h) + eps)
+
+
+def rmsprop(p, g, h, lr, decay_rate, eps, wd):
+    """h ← ρ·h + (1 − ρ)·g²; p ← p − lr·g / (√h + ε)."""
+    xp = array_module(p)
+    if wd:
+        g = g + wd * p
+    h *= decay_rate
+    h += (1 - decay_rate) * g * g
+    p -= lr * g / (xp.sqrt(h) + eps)
+
+
+def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
+    """m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²; p ← shrink·p − step_size·m / (c2·√v + ε).
+
+    Standard form (torch.optim.Adam): step_size = lr/(1 − β1ᵗ), c2 = 1/√(1 − β2ᵗ), i.e.
+    p ← p − lr·m̂ / (√v̂ + ε). The book's folded form: step_size = lr·√(1 − β2ᵗ)/(1 − β1ᵗ),
+    c2 = 1. shrink = 1 − lr·wd_decoupled (AdamW), else 1.
+    """
+    xp = array_module(p)
+    if wd:
+        g = g + wd * p
+    if shrink != 1:
+        p *= shrink
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    p -= step_size * m / (c2 * xp.sqrt(v) + eps)
+
+
+# -- the optimizers
+
+
+class Optimizer:
+    """Base class: holds lr and per-buffer state, runs one rule over params/grads."""
+
+    rule = None  # the reference function above
+    state_names: tuple = ()
+
+    def __init__(self, lr, weight_decay=0.0):
+        self.lr = lr
+        self.weight_decay = checks.non_negative("weight_decay", weight_decay)
+        self.t = 0  # steps taken
+        self.state: dict = {}  # key ("flat" or a param name) → tuple of state arrays
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = float(checks.positive("lr", value))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr:g})"
+
+    def scalars(self) -> tuple:
+        """The rule's scalar arguments for step ``self.t`` (after the arguments p, g, state)."""
+        raise NotImplementedError
+
+    def update(self, params, grads) -> None:
+        """One step: params ← rule(params, grads), in place."""
+        pairs = _pairs(params, grads)
+        self.t += 1
+        scalars = self.scalars()
+        for key, p, g in pairs:
+            state = self.state.get(key)
+            if state is None:
+                xp = array_module(p)
+                state = self.state[key] = tuple(xp.zeros_like(p) for _ in self.state_names)
+            type(self).rule(p, g, *state, *scalars)
+
+
+def _pairs(params, grads):
+    """[(key, param, grad)]: one pair of flat buffers when both have ``.flat`` and the same
+    names, else one pair per name. Names, shapes and dtypes must match."""
+    if not isinstance(params, dict) or not isinstance(grads, dict):
+        raise TypeError(f"params and grads must be dicts of arrays, got {type(params).__name__}"
+                        f" and {type(grads).__name__}")
+    if params.keys() != grads.keys():
+        raise ValueError(f"params and grads have different names: {sorted(params)} vs "
+                         f"{sorted(grads)}")
+    pf, gf = getattr(params, "flat", None), getattr(grads, "flat", None)
+    if pf is not None and gf is not None and pf.shape == gf.shape and pf.dtype == gf.dtype:
+        return [("flat", pf, gf)]
+    out = []
+    for k, p in params.items():
+        g = grads[k]
+        if p.shape != g.shape or p.dtype != g.dtype:
+            raise ValueError(f"grads[{k!r}] has shape {g.shape} {g.dtype}, "
+                             f"params[{k!r}] has {p.shape} {p.dtype}")
+        if p.dtype.kind != "f":
+            raise TypeError(f"params[{k!r}] must be a float array, got dtype {p.dtype}")
+        out.append((k, p, g))
+    return out
+
+
+class SGD(Optimizer):
+    """W ← W − lr·∂L/∂W."""
+
+    rule = sgd
+
+    def scalars(self):
+        return (self.lr, self.weight_decay)
+
+
+class Momentum(Optimizer):
+    """v ← μ·v + (1 − dampening)·g; W ← W − lr·v (dampening=μ: the course's EMA form)."""
+
+    rule = momentum
+    state_names = ("v",)
+
+    def __init__(self, lr=0.01, momentum=0.9, dampening=0.0, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.momentum = checks.in_unit_interval("momentum", momentum)
+        self.dampening = checks.in_unit_interval("dampening", dampening) if dampening else 0.0
+
+    def scalars(self):
+        return (self.lr, self.momentum, self.dampening, self.weight_decay)
+
+
+class Nesterov(Optimizer):
+    """The book's Nesterov momentum: v ← μv − lr·g; W ← W + μ²v − (1 + μ)·lr·g."""
+
+    rule = nesterov
+    state_names = ("v",)
+
+    def __init__(self, lr=0.01, momentum=0.9, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.momentum = checks.in_unit_interval("momentum", momentum)
+
+    def scalars(self):
+        return (self.lr, self.momentum, self.weight_decay)
+
+
+class AdaGrad(Optimizer):
+    """h ← h + g²; W ← W − lr·g / (√h + ε) (the book's ε = 1e-7)."""
+
+    rule = adagrad
+    state_names = ("h",)
+
+    def __init__(self, lr=0.01, eps=1e-7, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.eps = checks.positive("eps", eps)
+
+    def scalars(self):
+        return (self.lr, self.eps, self.weight_decay)
+
+
+class RMSProp(Optimizer):
+    """h ← ρh + (1 − ρ)g²; W ← W − lr·g / (√h + ε) (the book's ρ = 0.99, ε = 1e-7)."""
+
+    rule = rmsprop
+    state_names = ("h",)
+
+    def __init__(self, lr=0.01, decay_rate=0.99, eps=1e-7, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.decay_rate = checks.in_unit_interval("decay_rate", decay_rate)
+        self.eps = checks.positive("eps", eps)
+
+    def scalars(self):
+        return (self.lr, self.decay_rate, self.eps, self.weight_decay)
+
+
+class Adam(Optimizer):
+    """Adam with bias-corrected moments, as torch.optim.Adam:
+    m̂ = m/(1 − β1ᵗ), v̂ = v/(1 − β2ᵗ), W ← W − lr·m̂/(√v̂ + ε).
+
+    folded=True gives the book's form, W ← W − lr·√(1 − β2ᵗ)/(1 − β1ᵗ)·m/(√v + ε), which
+    differs only in where ε sits (the book also uses ε = 1e-7).
+    """
+
+    rule = adam
+    state_names = ("m", "v")
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 folded=False):
+        super().__init__(lr, weight_decay)
+        self.beta1 = checks.in_unit_interval("beta1", beta1)
+        self.beta2 = checks.in_unit_interval("beta2", beta2)
+        self.eps = checks.positive("eps", eps)
+        self.folded = bool(folded)
+
+    def _decay(self):
+        """(coupled L2 weight decay, decoupled shrink factor)."""
+        return self.weight_decay, 1.0
+
+    def scalars(self):
+        bc1 = 1 - self.beta1 ** self.t
+        bc2 = 1 - self.beta2 ** self.t
+        if self.folded:
+            step_size, c2 = self.lr * math.sqrt(bc2) / bc1, 1.0
+        else:
+            step_size, c2 = self.lr / bc1, 1 / math.sqrt(bc2)
+        wd, shrink = self._decay()
+        return (self.beta1, self.beta2, self.eps, step_size, c2, wd, shrink)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter; torch.optim.AdamW):
+    W ← W·(1 − lr·weight_decay), then the Adam step. Decays every array it is given."""
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+                 folded=False):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, folded)
+
+    def _decay(self):
+        return 0.0, 1.0 - self.lr * self.weight_decay
+
+
+OPTIMIZERS = {cls.__name__.lower(): cls for cls in
+              (SGD, Momentum, Nesterov, AdaGrad, RMSProp, Adam, AdamW)}
+
+
+def get_optimizer(name: str, **kwargs) -> Optimizer:
+    """An optimizer by name ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
+    "adamw"), e.g. ``get_optimizer("adam", lr=1e-3)``."""
+    return OPTIMIZERS[checks.one_of("optimizer", name, OPTIMIZERS)](**kwargs)

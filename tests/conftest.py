@@ -1,0 +1,37 @@
+"""Shared fixtures: one test body runs on every backend (CuPy skipped where it cannot work)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from accel import backend as backend_mod
+
+DATA_DIR = Path(os.environ.get("ACCEL_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def backend(request):
+    """The Backend to run the test on; the CuPy run is skipped, with the reason, without a GPU."""
+    if request.param == "cupy" and not backend_mod.cupy_available():
+        pytest.skip(f"CuPy backend unavailable: {backend_mod._cupy_error}")
+    return backend_mod.get_backend(request.param)
+
+
+@pytest.fixture
+def xp(backend):
+    return backend.xp
+
+
+@pytest.fixture
+def data_dir():
+    if not (DATA_DIR / "mnist").is_dir():
+        pytest.skip(f"real data not found at {DATA_DIR} (set ACCEL_DATA_DIR)")
+    return DATA_DIR
+
+
+def assert_close(actual, desired, rtol=1e-7, atol=0.0):
+    """allclose on either backend (arrays brought to NumPy)."""
+    np.testing.assert_allclose(backend_mod.to_numpy(actual), backend_mod.to_numpy(desired),
+                               rtol=rtol, atol=atol)
