@@ -1,7 +1,15 @@
-"""accel: the networks of *Deep Learning from Scratch* ch. 6 and DLS course 2, on NumPy or CuPy."""
+"""accel: the networks of *Deep Learning from Scratch* ch. 6 and DLS course 2, on NumPy or CuPy.
 
+Importing accel compiles nothing: the Numba kernels compile (or load from cache) on first use.
+"""
+
+from . import ewma, gradcheck, initializers, layers, optim, schedules
 from .backend import array_module, get_backend, to_device, to_numpy
 from .network import MultiLayerNet
+from .trainer import History, Trainer
 
 __version__ = "0.1.0"
-__all__ = ["array_module", "get_backend", "to_device", "to_numpy", "MultiLayerNet"]
+__all__ = [
+    "array_module", "get_backend", "to_device", "to_numpy", "MultiLayerNet", "Trainer",
+    "History", "ewma", "gradcheck", "initializers", "layers", "optim", "schedules",
+]

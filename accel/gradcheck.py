@@ -1,0 +1,94 @@
+"""Gradient checking: backprop against the two-sided numerical gradient.
+
+g_num[i] = (J(θ + h·eᵢ) − J(θ − h·eᵢ)) / 2h over the whole parameter vector θ (a network's
+flat buffer), compared by the relative difference ‖g − g_num‖ / (‖g‖ + ‖g_num‖). The course's
+verdict bands: < 1e-7 fine, around 1e-5 look closer, > 1e-3 almost surely a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+
+
+def relative_difference(g, g_num, atol: float = 1e-9) -> float:
+    """‖g − g_num‖ / (‖g‖ + ‖g_num‖).
+
+    0 when ‖g − g_num‖ ≤ atol: the float64 rounding noise of a two-sided difference
+    (≈ ε·|J|/h per element) is not a disagreement, and a gradient that is exactly 0 (the
+    bias of a layer followed by BatchNorm) would otherwise score a meaningless 1.
+    """
+    g, g_num = to_numpy(g).ravel(), to_numpy(g_num).ravel()
+    diff = np.linalg.norm(g - g_num)
+    if diff <= atol:
+        return 0.0
+    return float(diff / (np.linalg.norm(g) + np.linalg.norm(g_num)))
+
+
+def verdict(diff: float) -> str:
+    """The course's reading of a relative difference."""
+    if diff < 1e-7:
+        return "fine"
+    if diff <= 1e-3:
+        return "look closer"
+    return "wrong"
+
+
+def numerical_gradient(f, x, h: float = 1e-5):
+    """Two-sided difference of the scalar function ``f()`` w.r.t. the array ``x``, which ``f``
+    reads; ``x`` is perturbed in place one element at a time and restored exactly."""
+    xp = array_module(x)
+    grad = xp.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i].copy()
+        flat[i] = old + h
+        f_plus = float(f())
+        flat[i] = old - h
+        f_minus = float(f())
+        flat[i] = old
+        gflat[i] = (f_plus - f_minus) / (2 * h)
+    return grad
+
+
+@dataclass
+class GradCheckResult:
+    """Relative differences over the whole θ and per parameter, with the verdict."""
+
+    difference: float
+    per_param: dict = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.difference)
+
+    def report(self) -> str:
+        rows = [f"{k:>8}  {d:.3e}  {verdict(d)}" for k, d in self.per_param.items()]
+        rows.append(f"{'theta':>8}  {self.difference:.3e}  {self.verdict}")
+        return "\n".join(rows)
+
+
+def check_network(network, x, t, h: float = 1e-5) -> GradCheckResult:
+    """Compare ``network.gradient(x, t)`` with the numerical gradient of its training loss.
+
+    Needs float64 (float32 rounding swamps the difference) and no dropout (the loss must be
+    a fixed function of θ). With BatchNorm the running averages move at every loss
+    evaluation, but the train-mode loss does not read them, so the check stays exact.
+    """
+    if network.dtype != np.float64:
+        raise TypeError(f"gradient checking needs dtype float64, the network has "
+                        f"{network.dtype} (build it with dtype=np.float64)")
+    if network.dropout:
+        raise ValueError(f"gradient checking needs dropout off (dropout={network.dropout}): "
+                         "random masks make the loss a different function at every call")
+    x = network._x(x)
+    t = network._t(t, x.shape[0])
+    grads = network._gradient(x, t)
+    g = grads.flat.copy()
+    g_num = numerical_gradient(lambda: network._loss(x, t, True), network.params.flat, h)
+    offsets = network.params.offsets()
+    per = {k: relative_difference(g[a:b], g_num[a:b]) for k, (a, b) in offsets.items()}
+    return GradCheckResult(relative_difference(g, g_num), per)

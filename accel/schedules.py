@@ -1,0 +1,103 @@
+"""Learning-rate schedules: callables epoch → lr (epoch counts from 0).
+
+========================  =====================================  ===========================
+schedule                  lr(epoch)                              source
+========================  =====================================  ===========================
+step_decay                lr0 · factor^⌊epoch/step⌋              PyTorch StepLR
+exponential_decay         lr0 · base^epoch (base 0.95)           the course
+inverse_sqrt_decay        k / √epoch (lr0 at epoch 0)            the course, k = lr0
+inverse_time_decay        lr0 / (1 + rate·epoch)                 the course
+staircase_decay           lr0 / (1 + rate·⌊epoch/interval⌋)      the course's fixed-interval
+constant                  lr0
+========================  =====================================  ===========================
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import checks
+
+
+class Schedule:
+    """A learning-rate schedule: ``schedule(epoch)`` → lr."""
+
+    def __init__(self, lr0):
+        self.lr0 = float(checks.positive("lr0", lr0))
+
+    def __call__(self, epoch) -> float:
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch < 0:
+            raise ValueError(f"epoch must be a number >= 0, got {epoch!r}")
+        return self.lr(epoch)
+
+    def lr(self, epoch) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class constant(Schedule):
+    """lr0 at every epoch."""
+
+    def lr(self, epoch):
+        return self.lr0
+
+
+class step_decay(Schedule):
+    """lr0 · factor^⌊epoch/step⌋."""
+
+    def __init__(self, lr0, step=10, factor=0.1):
+        super().__init__(lr0)
+        self.step = checks.positive("step", step, integer=True)
+        self.factor = checks.positive("factor", factor)
+
+    def lr(self, epoch):
+        return self.lr0 * self.factor ** (epoch // self.step)
+
+
+class exponential_decay(Schedule):
+    """lr0 · base^epoch (the course's 0.95^epoch)."""
+
+    def __init__(self, lr0, base=0.95):
+        super().__init__(lr0)
+        self.base = checks.positive("base", base)
+
+    def lr(self, epoch):
+        return self.lr0 * self.base ** epoch
+
+
+class inverse_sqrt_decay(Schedule):
+    """k/√epoch with k = lr0; epoch 0 gives lr0 (1/√0 is undefined)."""
+
+    def lr(self, epoch):
+        return self.lr0 / math.sqrt(max(epoch, 1))
+
+
+class inverse_time_decay(Schedule):
+    """lr0 / (1 + rate·epoch)."""
+
+    def __init__(self, lr0, rate=1.0):
+        super().__init__(lr0)
+        self.rate = checks.non_negative("rate", rate)
+
+    def lr(self, epoch):
+        return self.lr0 / (1 + self.rate * epoch)
+
+
+class staircase_decay(Schedule):
+    """lr0 / (1 + rate·⌊epoch/interval⌋): inverse-time decay held fixed for ``interval`` epochs."""
+
+    def __init__(self, lr0, rate=1.0, interval=1000):
+        super().__init__(lr0)
+        self.rate = checks.non_negative("rate", rate)
+        self.interval = checks.positive("interval", interval, integer=True)
+
+    def lr(self, epoch):
+        return self.lr0 / (1 + self.rate * (epoch // self.interval))
+
+
+SCHEDULES = {cls.__name__: cls for cls in (constant, step_decay, exponential_decay,
+                                           inverse_sqrt_decay, inverse_time_decay,
+                                           staircase_decay)}
