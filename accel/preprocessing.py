@@ -1,0 +1,245 @@
+"""Preprocessing on NumPy or CuPy arrays: standardization, PCA/ZCA whitening, one-hot labels,
+shuffling and a train/validation split.
+
+Statistics are fitted on the training set only and reused, unchanged, on validation and test
+data (fitting them on the test set leaks it into the model). Every function works on the
+arrays' own backend (``accel.array_module``).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .backend import array_module
+
+__all__ = ["Standardizer", "PCAWhitening", "one_hot", "shuffle", "train_val_split"]
+
+
+def _as_float(name: str, x, *, min_rows: int = 1):
+    """``x`` as a floating array with samples on axis 0, checked for rank, size and NaN/Inf."""
+    xp = array_module(x)
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (n_samples, n_features, ...), got shape "
+                         f"{tuple(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} samples, got shape {tuple(x.shape)}")
+    if not bool(xp.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return x
+
+
+def _check_fitted(obj, attr: str):
+    if getattr(obj, attr) is None:
+        raise RuntimeError(f"{type(obj).__name__} is not fitted yet: call fit(x_train) first")
+
+
+def _check_features(name: str, x, shape):
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} has feature shape {tuple(x.shape[1:])}, but the fit was on "
+                         f"feature shape {tuple(shape)}")
+
+
+def _positive_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
+        0 <= eps < float("inf")
+    ):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+class Standardizer:
+    """Per-feature standardization z = (x − μ) / σ with μ, σ of the training set.
+
+    ``fit(x_train)`` computes μ and σ over axis 0 (the samples; any trailing shape is the
+    feature shape); ``transform`` applies those same μ, σ to any data (train, validation,
+    test). A feature whose training σ is <= ``eps`` (constant, like MNIST's border pixels)
+    is only centred (σ taken as 1), so it neither divides by zero nor blows up on test data.
+    Statistics are accumulated in float64; outputs keep the input's float dtype.
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        self.eps = _positive_eps(eps)
+        self.mean_ = None
+        self.std_ = None
+
+    def fit(self, x):
+        x = _as_float("x", x)
+        x64 = x.astype(np.float64)
+        mean = x64.mean(axis=0)
+        std = x64.std(axis=0)
+        xp = array_module(std)
+        self.mean_ = mean
+        self.std_ = xp.where(std > self.eps, std, 1.0)
+        return self
+
+    def transform(self, x):
+        _check_fitted(self, "mean_")
+        x = _as_float("x", x)
+        _check_features("x", x, self.mean_.shape)
+        return ((x - self.mean_.astype(x.dtype)) / self.std_.astype(x.dtype)).astype(x.dtype)
+
+    def fit_transform(self, x):
+        return self.fit(x).transform(x)
+
+    def inverse_transform(self, z):
+        _check_fitted(self, "mean_")
+        z = _as_float("z", z)
+        _check_features("z", z, self.mean_.shape)
+        return (z * self.std_.astype(z.dtype) + self.mean_.astype(z.dtype)).astype(z.dtype)
+
+
+class PCAWhitening:
+    """PCA whitening (or ZCA with ``zca=True``), fitted on the training set.
+
+    With the training covariance Σ = U diag(λ) Uᵀ (biased, 1/n), PCA whitening maps
+    x ↦ (x − μ) U_k diag(1/√(λ_k + eps)) onto the ``n_components`` leading components
+    (all when None); ZCA further rotates back by U_kᵀ, staying close to the input (and
+    keeping all components). The whitened training data has covariance diag(λ/(λ + eps)),
+    the identity up to ``eps``, which keeps near-zero-variance directions from exploding.
+    Inputs of any rank are flattened to (n_samples, n_features).
+    """
+
+    def __init__(self, n_components: int | None = None, eps: float = 1e-5, zca: bool = False):
+        if n_components is not None and (
+            isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral)
+            or n_components < 1
+        ):
+            raise ValueError(f"n_components must be a positive int or None, got {n_components!r}")
+        if zca and n_components is not None:
+            raise ValueError("zca=True keeps every component; leave n_components=None")
+        self.n_components = n_components
+        self.eps = _positive_eps(eps)
+        self.zca = bool(zca)
+        self.mean_ = None
+        self.components_ = None  # (n_features, k), columns = principal directions
+        self.variances_ = None  # (k,), eigenvalues of the covariance, descending
+        self._w = None
+
+    def fit(self, x):
+        x = _as_float("x", x, min_rows=2)
+        x = x.reshape(len(x), -1).astype(np.float64)
+        n, d = x.shape
+        k = d if self.n_components is None else self.n_components
+        if k > d:
+            raise ValueError(f"n_components={k} exceeds the number of features {d}")
+        xp = array_module(x)
+        self.mean_ = x.mean(axis=0)
+        xc = x - self.mean_
+        cov = xc.T @ xc / n
+        lam, u = xp.linalg.eigh(cov)  # ascending
+        order = xp.argsort(lam)[::-1][:k]
+        lam = xp.clip(lam[order], 0.0, None)
+        u = u[:, order]
+        self.components_ = u
+        self.variances_ = lam
+        if self.eps == 0 and not bool((lam > 1e-12 * max(float(lam[0]), 1e-300)).all()):
+            raise ValueError("the training covariance is singular; use eps > 0 or fewer "
+                             "n_components")
+        w = u / xp.sqrt(lam + self.eps)
+        self._w = w @ u.T if self.zca else w
+        return self
+
+    def transform(self, x):
+        _check_fitted(self, "_w")
+        x = _as_float("x", x)
+        flat = x.reshape(len(x), -1)
+        if flat.shape[1] != self.mean_.shape[0]:
+            raise ValueError(f"x has {flat.shape[1]} features, but the fit was on "
+                             f"{self.mean_.shape[0]}")
+        return ((flat - self.mean_.astype(x.dtype)) @ self._w.astype(x.dtype)).astype(x.dtype)
+
+    def fit_transform(self, x):
+        return self.fit(x).transform(x)
+
+
+def one_hot(t, n_classes: int, dtype=np.float32):
+    """Integer class ids ``t`` of shape (n,) as one-hot rows of shape (n, n_classes)."""
+    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or (
+        n_classes < 1
+    ):
+        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
+    xp = array_module(t)
+    if not hasattr(t, "dtype"):
+        t = np.asarray(t)
+    if t.ndim != 1:
+        raise ValueError(f"t must be class ids of shape (n,), got shape {tuple(t.shape)}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"t must hold integer class ids, got dtype {t.dtype}")
+    if t.size:
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= n_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"t contains class id {bad}, outside [0, {n_classes})")
+    out = xp.zeros((t.shape[0], n_classes), dtype=dtype)
+    out[xp.arange(t.shape[0]), t] = 1
+    return out
+
+
+def _pair(x, t):
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if t is not None:
+        if not hasattr(t, "shape"):
+            t = np.asarray(t)
+        if t.ndim == 0 or x.ndim == 0 or t.shape[0] != x.shape[0]:
+            raise ValueError(f"x and t must have the same number of samples, got shapes "
+                             f"{tuple(x.shape)} and {tuple(t.shape)}")
+    elif x.ndim == 0:
+        raise ValueError(f"x must have a samples axis, got shape {tuple(x.shape)}")
+    return x, t
+
+
+def _permutation(n: int, seed, xp):
+    """A permutation of range(n) from a NumPy generator, so it is the same on every backend."""
+    if isinstance(seed, np.random.Generator):
+        rng = seed
+    elif seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+        rng = np.random.default_rng(seed)
+    else:
+        raise TypeError(f"seed must be an int, a numpy Generator or None, got {seed!r}")
+    perm = rng.permutation(n)
+    return perm if xp is np else xp.asarray(perm)
+
+
+def shuffle(x, t=None, seed=None):
+    """``x`` (and ``t``) reordered by one random permutation of the samples (copies).
+
+    Returns ``(x, t)`` when ``t`` is given, else ``x``.
+    """
+    x, t = _pair(x, t)
+    xp = array_module(x)
+    perm = _permutation(x.shape[0], seed, xp)
+    return (x[perm], t[perm]) if t is not None else x[perm]
+
+
+def train_val_split(x, t, val_fraction: float = 0.2, seed=None, shuffle: bool = True):
+    """Hold out ``val_fraction`` of the samples for validation.
+
+    Returns ``(x_train, t_train), (x_val, t_val)``; the validation part has
+    round(val_fraction·n) samples (at least 1, and at least one sample stays for training),
+    drawn at random (seeded) unless ``shuffle=False`` (then it is the tail).
+    """
+    x, t = _pair(x, t)
+    if t is None:
+        raise ValueError("t must be given (labels to split along with x)")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not (
+        0 < val_fraction < 1
+    ):
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    n = x.shape[0]
+    n_val = int(round(val_fraction * n))
+    if n_val < 1 or n_val > n - 1:
+        raise ValueError(f"val_fraction={val_fraction} of {n} samples leaves "
+                         f"{n_val} for validation and {n - n_val} for training; both need >= 1")
+    xp = array_module(x)
+    idx = _permutation(n, seed, xp) if shuffle else xp.arange(n)
+    tr, va = idx[: n - n_val], idx[n - n_val:]
+    return (x[tr], t[tr]), (x[va], t[va])
