@@ -258,7 +258,13 @@ def _fetch(url: str, dest: Path) -> None:
     except ImportError:
         pooch = None
     if pooch is not None:
-        downloader = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=60)
+        try:
+            import tqdm  # noqa: F401  (pooch's progress bar needs it)
+
+            bar = sys.stderr.isatty()
+        except ImportError:
+            bar = False
+        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=60)
         downloader(url, str(dest), None)
         return
     import shutil

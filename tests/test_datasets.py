@@ -14,6 +14,7 @@ from accel import datasets
 from accel.datasets import CorruptFileError, DatasetNotFoundError, load, load_idx
 
 FASHION = datasets.SHA256["fashion-mnist"]
+REAL_FETCH = datasets._fetch  # kept before the autouse fixture replaces it
 
 
 @pytest.fixture(autouse=True)
@@ -345,3 +346,40 @@ def test_generator_functions():
     r = np.linalg.norm(x, axis=1)
     np.testing.assert_allclose(r[t == 0], 1.0)
     np.testing.assert_allclose(r[t == 1], 0.3)
+
+
+@pytest.fixture
+def local_mirror(data_dir, monkeypatch):
+    """An HTTP server on localhost serving the real files as the fashion-mnist mirror."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(data_dir / "fashion-mnist"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    monkeypatch.setattr(datasets, "MIRRORS", {"fashion-mnist": ("http://127.0.0.1:9/", url)})
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("use_pooch", [True, False])
+def test_real_fetch_from_local_mirror(local_mirror, monkeypatch, use_pooch):
+    """The real fetcher (pooch, or urllib without it) against a localhost server: the first
+    mirror refuses the connection, the second serves the files."""
+    import sys
+
+    if use_pooch:
+        pytest.importorskip("pooch")
+    else:
+        monkeypatch.setitem(sys.modules, "pooch", None)  # import pooch -> ImportError
+    monkeypatch.setattr(datasets, "_fetch", REAL_FETCH)
+    x, t = load("fashion-mnist", split="test")
+    assert x.shape == (10000, 784) and list(t[:5]) == [9, 2, 1, 1, 6]
+    assert sorted(p.name for p in datasets.cache_dir("fashion-mnist").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
