@@ -14,6 +14,10 @@ is looked for, in this order, in
 and a file missing from all of them is downloaded from the public mirrors into the user
 cache (with ``pooch`` when it is installed, else ``urllib``): written to a temporary file,
 hash-checked, then renamed, so a failed or corrupt download leaves nothing in the cache.
+A file that fails its check in ``data_dir``/``$ACCEL_DATA_DIR`` or the system folder raises
+CorruptFileError naming it and the expected hash (the file is left alone: it is the user's);
+a bad file in the user cache is removed, with a warning, and fetched again. MNIST's test
+set alone (as in the project's shared data) loads with ``split="test"``.
 
 Generated data ("moons", "circles", "spiral") is seeded and class-balanced, split into a
 train and a test part class by class.
