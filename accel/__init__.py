@@ -3,7 +3,7 @@
 Importing accel compiles nothing: the Numba kernels compile (or load from cache) on first use.
 """
 
-from . import ewma, gradcheck, initializers, layers, optim, schedules
+from . import datasets, ewma, gradcheck, initializers, layers, optim, preprocessing, schedules
 from .backend import array_module, get_backend, to_device, to_numpy
 from .network import MultiLayerNet
 from .trainer import History, Trainer
@@ -11,5 +11,6 @@ from .trainer import History, Trainer
 __version__ = "0.1.0"
 __all__ = [
     "array_module", "get_backend", "to_device", "to_numpy", "MultiLayerNet", "Trainer",
-    "History", "ewma", "gradcheck", "initializers", "layers", "optim", "schedules",
+    "History", "datasets", "ewma", "gradcheck", "initializers", "layers", "optim",
+    "preprocessing", "schedules",
 ]
