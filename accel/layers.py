@@ -9,7 +9,7 @@ gradient buffer.
 
 from __future__ import annotations
 
-from . import checks
+from . import checks, dispatch
 from .backend import array_module
 
 
@@ -181,7 +181,8 @@ class BatchNorm:
 
     Training normalizes by the batch mean and biased variance and updates the running averages
     (running ← momentum·running + (1 − momentum)·batch; the book's momentum 0.9 is PyTorch's
-    0.1); evaluation uses the running averages.
+    0.1); evaluation uses the running averages. The math runs in the fused kernel or the
+    reference functions above, as ``accel.dispatch`` decides.
     """
 
     def __init__(self, gamma, beta, momentum: float = 0.9, eps: float = 1e-5,
@@ -207,7 +208,7 @@ class BatchNorm:
                 f"BatchNorm expects {self.gamma.shape[0]}"
             )
         if not train:
-            out = batchnorm_forward_eval(
+            out = dispatch.batchnorm_forward_eval(
                 x, self.gamma, self.beta, self.running_mean, self.running_var, self.eps)
             return out.reshape(self.x_shape)
         if x.shape[0] < 2:
@@ -216,14 +217,15 @@ class BatchNorm:
                 f"{self.x_shape} (the variance of one sample is 0)"
             )
         self.x = x
-        out, self.mean, self.invstd = batchnorm_forward_train(
+        out, self.mean, self.invstd = dispatch.batchnorm_forward_train(
             x, self.gamma, self.beta, self.running_mean, self.running_var,
             self.momentum, self.eps)
         return out.reshape(self.x_shape)
 
     def backward(self, dout):
         dy = dout.reshape(dout.shape[0], -1)
-        dx, dgamma, dbeta = batchnorm_backward(dy, self.x, self.gamma, self.mean, self.invstd)
+        dx, dgamma, dbeta = dispatch.batchnorm_backward(dy, self.x, self.gamma, self.mean,
+                                                        self.invstd)
         self.dgamma[...] = dgamma
         self.dbeta[...] = dbeta
         return dx.reshape(self.x_shape)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from . import checks
+from . import checks, dispatch
 from .backend import array_module
 
 # -- reference math: one function per rule, updating p and the state arrays in place
@@ -119,7 +119,8 @@ class Optimizer:
         raise NotImplementedError
 
     def update(self, params, grads) -> None:
-        """One step: params ← rule(params, grads), in place."""
+        """One step: params ← rule(params, grads), in place (the fused kernel or the
+        reference, as ``accel.dispatch`` decides)."""
         pairs = _pairs(params, grads)
         self.t += 1
         scalars = self.scalars()
@@ -128,7 +129,7 @@ class Optimizer:
             if state is None:
                 xp = array_module(p)
                 state = self.state[key] = tuple(xp.zeros_like(p) for _ in self.state_names)
-            type(self).rule(p, g, *state, *scalars)
+            dispatch.optimizer_step(type(self).rule, p, g, state, scalars)
 
 
 def _pairs(params, grads):

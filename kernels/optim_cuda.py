@@ -1,0 +1,81 @@
+"""Fused optimizer updates on a CUDA GPU: one launch over a contiguous 1-D buffer.
+
+The CUDA twins of ``optim_cpu``: the same arguments (p, g, *state, *scalars), names and
+arithmetic, line for line; the CPU's ``prange`` loop is a grid-stride loop here, so any grid
+covers any size. Arrays come in as CuPy arrays (through ``__cuda_array_interface__``) or
+Numba device arrays; ``accel.dispatch`` picks the grid and the stream. As on the CPU, the
+scalars are cast once to the buffers' dtype (``f = p.dtype.type``) and the math is done in it.
+"""
+
+import math
+
+from numba import cuda
+
+jit = cuda.jit(cache=True)
+
+
+@jit
+def sgd(p, g, lr, wd):
+    f = p.dtype.type
+    lr, wd = f(lr), f(wd)
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * p[i]
+        p[i] -= lr * gi
+
+
+@jit
+def momentum(p, g, v, lr, mu, dampening, wd):
+    f = p.dtype.type
+    lr, mu, keep, wd = f(lr), f(mu), f(1 - dampening), f(wd)
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * p[i]
+        v[i] = mu * v[i] + keep * gi
+        p[i] -= lr * v[i]
+
+
+@jit
+def nesterov(p, g, v, lr, mu, wd):
+    f = p.dtype.type
+    lr, mu, mu2, lr1 = f(lr), f(mu), f(mu * mu), f((1 + mu) * lr)
+    wd = f(wd)
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * p[i]
+        v[i] = mu * v[i] - lr * gi
+        p[i] += mu2 * v[i]
+        p[i] -= lr1 * gi
+
+
+@jit
+def adagrad(p, g, h, lr, eps, wd):
+    f = p.dtype.type
+    lr, eps, wd = f(lr), f(eps), f(wd)
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * p[i]
+        h[i] += gi * gi
+        p[i] -= lr * gi / (math.sqrt(h[i]) + eps)
+
+
+@jit
+def rmsprop(p, g, h, lr, decay_rate, eps, wd):
+    f = p.dtype.type
+    rho, keep, lr, eps, wd = f(decay_rate), f(1 - decay_rate), f(lr), f(eps), f(wd)
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * p[i]
+        h[i] = rho * h[i] + keep * gi * gi
+        p[i] -= lr * gi / (math.sqrt(h[i]) + eps)
+
+
+@jit
+def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
+    f = p.dtype.type
+    b1, keep1, b2, keep2 = f(beta1), f(1 - beta1), f(beta2), f(1 - beta2)
+    eps, step_size, c2, wd, shrink = f(eps), f(step_size), f(c2), f(wd), f(shrink)
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gi = g[i] + wd * p[i]
+        m[i] = b1 * m[i] + keep1 * gi
+        v[i] = b2 * v[i] + keep2 * gi * gi
+        p[i] = shrink * p[i] - step_size * m[i] / (c2 * math.sqrt(v[i]) + eps)
+
+
+KERNELS = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov, "adagrad": adagrad,
+           "rmsprop": rmsprop, "adam": adam}
