@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
-from . import checks
+from . import checkpoint, checks
 from .backend import get_backend
 from .flat import allocate
 from .initializers import init_weight, weight_std
@@ -49,6 +50,8 @@ class MultiLayerNet:
         self.backend = get_backend(backend)
         xp = self.backend.xp
         self.sizes, self.batchnorm, self.weight_init = sizes, bool(batchnorm), weight_init
+        self.bn_momentum, self.bn_eps = bn_momentum, bn_eps
+        self.dropout_inverted = bool(dropout_inverted)
         n_hidden = len(hidden_sizes)
 
         shapes, layout = {}, []
@@ -161,3 +164,83 @@ class MultiLayerNet:
 
     def batchnorm_layers(self):
         return [layer for layer in self.layers if isinstance(layer, BatchNorm)]
+
+    # -- checkpoints (format: accel.checkpoint)
+
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this architecture (JSON-serializable)."""
+        return checkpoint.jsonable({
+            "input_size": self.sizes[0], "hidden_sizes": self.sizes[1:-1],
+            "output_size": self.sizes[-1], "activation": self.activation,
+            "weight_init": self.weight_init, "weight_decay": self.weight_decay,
+            "batchnorm": self.batchnorm, "dropout": self.dropout, "dtype": self.dtype.name,
+            "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps,
+            "dropout_inverted": self.dropout_inverted,
+        })
+
+    def state(self) -> tuple[dict, dict]:
+        """(JSON section, arrays) of everything a checkpoint keeps: the config, the
+        parameters, the BatchNorm running statistics and the dropout generator's state."""
+        rng, arrays = checkpoint.rng_state(self.rng if self.dropout > 0 else None,
+                                           "network/rng/")
+        arrays.update({f"network/params/{k}": v for k, v in self.params.items()})
+        for i, bn in enumerate(self.batchnorm_layers(), 1):
+            arrays[f"network/bn{i}/running_mean"] = bn.running_mean
+            arrays[f"network/bn{i}/running_var"] = bn.running_var
+        return {"config": self.config(), "rng": rng}, arrays
+
+    def load_state(self, section: dict, arrays: dict, path="<checkpoint>") -> None:
+        """Copy a checkpoint's network section into this network, whose architecture must be
+        the saved one (CheckpointError otherwise, before anything is changed)."""
+        saved = section.get("config")
+        mine = self.config()
+        if saved != mine:
+            diff = sorted(k for k in set(mine) | set(saved or {})
+                          if (saved or {}).get(k) != mine.get(k))
+            raise checkpoint.CheckpointError(
+                f"{path}: the saved network differs from this one in "
+                + ", ".join(f"{k} (saved {(saved or {}).get(k)!r}, here {mine.get(k)!r})"
+                            for k in diff))
+        wanted = {f"network/params/{k}": v for k, v in self.params.items()}
+        for i, bn in enumerate(self.batchnorm_layers(), 1):
+            wanted[f"network/bn{i}/running_mean"] = bn.running_mean
+            wanted[f"network/bn{i}/running_var"] = bn.running_var
+        for name, target in wanted.items():
+            a = arrays.get(name)
+            if a is None:
+                raise checkpoint.CheckpointError(f"{path}: array {name!r} is missing")
+            if a.shape != target.shape or a.dtype != target.dtype:
+                raise checkpoint.CheckpointError(
+                    f"{path}: array {name!r} is {a.dtype} {a.shape}, this network needs "
+                    f"{target.dtype} {target.shape}")
+        for name, target in wanted.items():
+            target[...] = self.backend.asarray(arrays[name])
+        if self.dropout > 0 and not checkpoint.set_rng_state(self.rng, section.get("rng"),
+                                                              arrays, "network/rng/"):
+            warnings.warn(f"{path}: the dropout generator's state was saved on another backend"
+                          " (or not at all); dropout masks after loading come from this "
+                          "network's own generator", stacklevel=3)
+
+    def save(self, path):
+        """Write the architecture, parameters, BatchNorm running statistics and dropout
+        generator state to ``path`` (a .npz with a JSON header, written atomically; see
+        ``accel.checkpoint``). Returns the path. ``MultiLayerNet.load(path)`` reads it."""
+        section, arrays = self.state()
+        return checkpoint.save(path, {"kind": "network", "network": section}, arrays)
+
+    @classmethod
+    def load(cls, path, backend=None) -> MultiLayerNet:
+        """The network saved at ``path`` by ``save`` (or inside a Trainer checkpoint), on
+        ``backend`` (default "auto"; a file saved on CuPy loads on NumPy and back).
+        Raises FileNotFoundError or ``accel.checkpoint.CheckpointError`` naming the file."""
+        header, arrays = checkpoint.load(path)
+        section = checkpoint.section(header, "network", path, "network")
+        config = section.get("config")
+        if not isinstance(config, dict):
+            raise checkpoint.CheckpointError(f"{path}: the network section has no config")
+        try:
+            net = cls(**config, backend=backend)
+        except (TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"{path}: bad network config ({exc})") from exc
+        net.load_state(section, arrays, path)
+        return net

@@ -1,0 +1,291 @@
+"""Checkpoint files: a ``.npz`` archive of arrays plus a JSON header, written atomically.
+
+Layout (format version 1). The file is a zip archive that ``numpy.load`` can open:
+
+- ``header.json``: ``{"format": "accel-checkpoint", "format_version": 1, "kind": ...,
+  "accel_version": ..., "arrays": {name: {"shape": [...], "dtype": "<f4", "crc32": ...}},
+  ...}`` plus the sections of whoever wrote it (``"network"``, ``"optimizer"``,
+  ``"trainer"``);
+- ``<name>.npy`` for every array named in the header (stored uncompressed, C order).
+
+Arrays are always NumPy arrays in the file and nothing in it names a backend, so a file
+saved from CuPy loads on NumPy and the other way round.
+
+``save`` writes to a temporary file in the target's folder, fsyncs it, then renames it over
+the target (``os.replace``), so a crash or Ctrl-C in the middle of a save leaves the previous
+file intact. ``load`` checks everything it reads: the zip structure and CRCs, the header's
+format and version, every array's presence, shape, dtype and CRC-32. Any problem raises
+``CheckpointError`` (a ValueError) whose message names the file and the problem; a file
+written by a newer accel (a higher format version) is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import numbers
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+
+FORMAT = "accel-checkpoint"
+FORMAT_VERSION = 1
+
+HEADER_NAME = "header.json"
+MAX_HEADER_BYTES = 16 * 2**20
+_NPY_HEADER_SLACK = 2**16 + 16  # an .npy header is at most 64 KiB
+_ARRAY_KINDS = "biuf"  # bool, ints, floats: never objects (no pickles in a checkpoint)
+
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "rng_state",
+           "set_rng_state"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: truncated, corrupted, not a checkpoint, written
+    by a newer version, or holding something else than what is asked of it."""
+
+
+# -- writing
+
+
+def jsonable(value):
+    """``value`` with NumPy scalars and tuples turned into plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"cannot store {value!r} ({type(value).__name__}) in a checkpoint header")
+
+
+def _crc32(a: np.ndarray) -> int:
+    return zlib.crc32(memoryview(a).cast("B")) if a.size else 0
+
+
+def save(path, header: dict, arrays: dict) -> Path:
+    """Write ``arrays`` (name → array on any backend) and ``header`` (JSON-serializable) to
+    ``path``, atomically. Returns the path. The header's ``format``, ``format_version``,
+    ``accel_version`` and ``arrays`` entries are filled in here."""
+    from . import __version__
+
+    path = Path(path)
+    host = {}
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(to_numpy(a))
+        if a.dtype.kind not in _ARRAY_KINDS:
+            raise TypeError(f"array {name!r} has dtype {a.dtype}: only numbers can be saved")
+        host[name] = a
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "accel_version": __version__,
+            **jsonable(header),
+            "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str, "crc32": _crc32(a)}
+                       for name, a in host.items()}}
+    blob = json.dumps(full, allow_nan=True, separators=(",", ":")).encode("utf-8")
+
+    folder = path.parent if str(path.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                zf.writestr(HEADER_NAME, blob)
+                for name, a in host.items():
+                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, a, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- reading
+
+
+def load(path) -> tuple[dict, dict]:
+    """(header, arrays) of the checkpoint at ``path``; arrays are NumPy arrays.
+
+    Raises FileNotFoundError when there is no file, CheckpointError for anything wrong
+    inside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    with open(path, "rb") as f:
+        try:
+            return _read(f, path)
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
+                ValueError, KeyError, TypeError, IndexError, OverflowError, struct.error,
+                NotImplementedError, RuntimeError, MemoryError, RecursionError) as exc:
+            raise CheckpointError(
+                f"{path}: truncated or corrupted checkpoint ({type(exc).__name__}: {exc})"
+            ) from exc
+
+
+def _read(f, path: Path) -> tuple[dict, dict]:
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+    if not zipfile.is_zipfile(f):
+        raise CheckpointError(
+            f"{path}: not a zip/.npz archive (truncated, corrupted, or not a checkpoint)")
+    f.seek(0)
+    with zipfile.ZipFile(f) as zf:
+        names = set(zf.namelist())
+        if HEADER_NAME not in names:
+            raise CheckpointError(f"{path}: no {HEADER_NAME} inside, so not an accel checkpoint"
+                                  " (a plain .npz?)")
+        info = zf.getinfo(HEADER_NAME)
+        if info.file_size > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: {HEADER_NAME} claims {info.file_size} bytes, more "
+                                  f"than a checkpoint header can have ({MAX_HEADER_BYTES})")
+        header = json.loads(zf.read(HEADER_NAME).decode("utf-8"))
+        _check_header(header, path)
+        arrays = {name: _read_array(zf, names, name, spec, path)
+                  for name, spec in header["arrays"].items()}
+    return header, arrays
+
+
+def _check_header(header, path) -> None:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise CheckpointError(f"{path}: header format is {got!r}, expected {FORMAT!r}; "
+                              "not an accel checkpoint")
+    version = header.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: bad format_version {version!r} in the header")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} was written by a newer accel "
+            f"({header.get('accel_version', '?')}); this accel reads versions up to "
+            f"{FORMAT_VERSION}: upgrade accel to load it")
+    if not isinstance(header.get("arrays"), dict):
+        raise CheckpointError(f"{path}: header has no 'arrays' table")
+
+
+def _read_array(zf, names, name, spec, path) -> np.ndarray:
+    where = f"{path}: array {name!r}"
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{where}: bad entry {spec!r} in the header")
+    shape, dtype, crc = spec.get("shape"), spec.get("dtype"), spec.get("crc32")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                            and d >= 0 for d in shape)):
+        raise CheckpointError(f"{where}: bad shape {shape!r} in the header")
+    if not isinstance(dtype, str) or not isinstance(crc, int):
+        raise CheckpointError(f"{where}: bad dtype or crc32 in the header")
+    dt = np.dtype(dtype)
+    if dt.kind not in _ARRAY_KINDS:
+        raise CheckpointError(f"{where}: dtype {dt} is not allowed in a checkpoint")
+    nbytes = math.prod(shape) * dt.itemsize
+    member = name + ".npy"
+    if member not in names:
+        raise CheckpointError(f"{where} is listed in the header but missing from the file")
+    info = zf.getinfo(member)
+    if info.file_size > nbytes + _NPY_HEADER_SLACK:
+        raise CheckpointError(f"{where}: {info.file_size} bytes stored for {nbytes} bytes of "
+                              "data")
+    raw = zf.read(member)  # checks the zip CRC
+    bio = io.BytesIO(raw)
+    major, _ = np.lib.format.read_magic(bio)
+    if major == 1:
+        npy_shape, fortran, npy_dtype = np.lib.format.read_array_header_1_0(bio)
+    elif major == 2:
+        npy_shape, fortran, npy_dtype = np.lib.format.read_array_header_2_0(bio)
+    else:
+        raise CheckpointError(f"{where}: unsupported .npy version {major}")
+    if tuple(npy_shape) != tuple(shape) or npy_dtype != dt or fortran:
+        raise CheckpointError(f"{where}: stored as {npy_dtype} {tuple(npy_shape)}, the header "
+                              f"says {dt} {tuple(shape)}")
+    data = raw[bio.tell():]
+    if len(data) != nbytes:
+        raise CheckpointError(f"{where}: {len(data)} bytes of data, expected {nbytes} "
+                              "(truncated?)")
+    a = np.frombuffer(bytearray(data), dtype=dt).reshape(shape)
+    if _crc32(a) != crc:
+        raise CheckpointError(f"{where}: CRC-32 mismatch, the data is corrupted")
+    return a
+
+
+def section(header: dict, key: str, path, what: str) -> dict:
+    """``header[key]`` as a dict, or CheckpointError saying the file holds no ``what``."""
+    value = header.get(key)
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: holds no {what} (a {header.get('kind', '?')!r} "
+                              "checkpoint)")
+    return value
+
+
+# -- random generator state
+
+
+def rng_state(rng, prefix: str) -> tuple[dict | None, dict]:
+    """(JSON state, arrays) of a backend generator, arrays named under ``prefix``.
+
+    A NumPy Generator's state is a small JSON dict. A CuPy generator keeps its state in a
+    device array, which is saved as an array (``<prefix>state``)."""
+    if rng is None:
+        return None, {}
+    bg = rng.bit_generator
+    if isinstance(rng, np.random.Generator):
+        return {"kind": "numpy", "state": bg.state}, {}
+    state = getattr(bg, "_state", None)
+    if state is None:
+        return None, {}
+    return {"kind": "cupy", "bit_generator": type(bg).__name__}, {prefix + "state": state}
+
+
+def set_rng_state(rng, saved, arrays: dict, prefix: str) -> bool:
+    """Restore what ``rng_state`` returned; False (nothing changed) when the saved state is
+    of another backend or generator type."""
+    if rng is None or not isinstance(saved, dict):
+        return False
+    bg = rng.bit_generator
+    if saved.get("kind") == "numpy" and isinstance(rng, np.random.Generator):
+        if saved.get("state", {}).get("bit_generator") != type(bg).__name__:
+            return False
+        bg.state = saved["state"]
+        return True
+    if (saved.get("kind") == "cupy" and not isinstance(rng, np.random.Generator)
+            and saved.get("bit_generator") == type(bg).__name__):
+        state = getattr(bg, "_state", None)
+        a = arrays.get(prefix + "state")
+        if state is None or a is None or a.shape != state.shape or a.dtype != state.dtype:
+            return False
+        state[...] = array_module(state).asarray(a)
+        return True
+    return False
