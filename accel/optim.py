@@ -12,10 +12,12 @@ decoupled: p ← p·(1 − lr·wd) before the Adam step.
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 
 from . import checks, dispatch
-from .backend import array_module
+from .backend import array_module, get_backend
 
 # -- reference math: one function per rule, updating p and the state arrays in place
 
@@ -113,6 +115,79 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr:g})"
+
+    # -- checkpoints
+
+    def hyperparameters(self) -> dict:
+        """The constructor arguments (name → value, lr included) that rebuild this optimizer."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {k: getattr(self, k) for k in names}
+
+    def state_dict(self) -> dict:
+        """A snapshot of the optimizer: ``{"type", "hyperparameters", "t", "state"}``, where
+        ``state`` maps each buffer key ("flat" for a network's flat buffer, else a parameter
+        name) to {state name ("m", "v", "h"): a copy of the array, on its device}."""
+        return {
+            "type": type(self).__name__,
+            "hyperparameters": self.hyperparameters(),
+            "t": self.t,
+            "state": {key: {n: a.copy() for n, a in zip(self.state_names, arrays)}
+                      for key, arrays in self.state.items()},
+        }
+
+    def load_state_dict(self, state_dict, backend=None) -> None:
+        """Restore what ``state_dict`` returned (step counter, moments, lr and the other
+        hyperparameters). Arrays are copied, onto ``backend`` when given (e.g. NumPy arrays
+        read from a file for a network on CuPy). Everything is checked before anything is
+        changed: ValueError/TypeError name the problem."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        missing = {"type", "hyperparameters", "t", "state"} - set(state_dict)
+        if missing:
+            raise ValueError(f"state_dict lacks {sorted(missing)}")
+        if state_dict["type"] != type(self).__name__:
+            raise ValueError(f"state_dict is of a {state_dict['type']!r} optimizer, "
+                             f"this one is {type(self).__name__!r}")
+        hp = state_dict["hyperparameters"]
+        names = set(self.hyperparameters())
+        if not isinstance(hp, dict) or set(hp) != names:
+            raise ValueError(f"state_dict hyperparameters must name exactly {sorted(names)}, "
+                             f"got {hp!r}")
+        fresh = type(self)(**hp)  # the constructor's checks, with the argument's name
+        t = state_dict["t"]
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+            raise ValueError(f"state_dict t (steps taken) must be an int >= 0, got {t!r}")
+        if not isinstance(state_dict["state"], dict):
+            raise TypeError("state_dict state must be a dict of buffer key -> {name: array}")
+        state = {}
+        for key, arrays in state_dict["state"].items():
+            if not isinstance(arrays, dict) or set(arrays) != set(self.state_names):
+                raise ValueError(f"state_dict state[{key!r}] must hold {list(self.state_names)}"
+                                 f", got {arrays!r:.200}")
+            out = []
+            for n in self.state_names:
+                a = arrays[n]
+                if not hasattr(a, "dtype"):
+                    raise TypeError(f"state_dict state[{key!r}][{n!r}] must be an array, got "
+                                    f"{type(a).__name__}")
+                a = get_backend(backend).asarray(a) if backend is not None else a.copy()
+                if a.dtype.kind != "f":
+                    raise TypeError(f"state_dict state[{key!r}][{n!r}] must be a float array, "
+                                    f"got dtype {a.dtype}")
+                if out and (a.shape != out[0].shape or a.dtype != out[0].dtype):
+                    raise ValueError(f"state_dict state[{key!r}] arrays differ in shape/dtype")
+                old = self.state.get(key)
+                if old is not None and (a.shape != old[0].shape or a.dtype != old[0].dtype):
+                    raise ValueError(f"state_dict state[{key!r}][{n!r}] is {a.dtype} {a.shape},"
+                                     f" this optimizer's is {old[0].dtype} {old[0].shape}")
+                if a is arrays[n]:
+                    a = a.copy()
+                out.append(a)
+            state[key] = tuple(out)
+        for k in names:
+            setattr(self, k, getattr(fresh, k))
+        self.t = int(t)
+        self.state = state
 
     def scalars(self) -> tuple:
         """The rule's scalar arguments for step ``self.t`` (after the arguments p, g, state)."""
