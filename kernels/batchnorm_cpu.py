@@ -35,7 +35,6 @@ def _chunks(n):
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps,
                             out, mean, invstd):
     n, d = x.shape
-    f = x.dtype.type
     nc = _chunks(n)
     s = np.zeros((nc, d))  # per chunk: Σ(x − k), Σ(x − k)² of each column
     q = np.zeros((nc, d))

@@ -1,0 +1,277 @@
+"""Fused CPU kernels (accel.kernels.*_cpu through accel.dispatch) against the xp reference."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+from accel import MultiLayerNet, dispatch, layers, optim
+
+TOL = {np.float32: dict(rtol=1e-6, atol=1e-7), np.float64: dict(rtol=1e-12, atol=1e-14)}
+
+OPTIMIZERS = {
+    "sgd": lambda: optim.SGD(lr=0.05),
+    "sgd-wd": lambda: optim.SGD(lr=0.05, weight_decay=0.01),
+    "momentum": lambda: optim.Momentum(lr=0.05, momentum=0.9),
+    "momentum-damp-wd": lambda: optim.Momentum(lr=0.05, momentum=0.9, dampening=0.9,
+                                               weight_decay=1e-3),
+    "nesterov-wd": lambda: optim.Nesterov(lr=0.05, momentum=0.8, weight_decay=1e-3),
+    "adagrad": lambda: optim.AdaGrad(lr=0.05),
+    "rmsprop-wd": lambda: optim.RMSProp(lr=0.01, weight_decay=1e-3),
+    "adam": lambda: optim.Adam(lr=0.01),
+    "adam-folded-wd": lambda: optim.Adam(lr=0.01, eps=1e-7, folded=True, weight_decay=1e-2),
+    "adamw": lambda: optim.AdamW(lr=0.01, weight_decay=0.05),
+}
+
+
+@pytest.fixture(autouse=True)
+def _fused(monkeypatch):
+    monkeypatch.delenv("ACCEL_KERNELS", raising=False)
+    dispatch.reset_calls()
+
+
+def _run(opt, params, grads_seq, reference):
+    for grads in grads_seq:
+        if reference:
+            with dispatch.use("reference"):
+                opt.update(params, grads)
+        else:
+            opt.update(params, grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_optimizer_kernel_matches_reference(name, dtype):
+    rng = np.random.default_rng(0)
+    shapes = {"W": (31, 17), "b": (17,), "one": (1,)}
+    p0 = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    grads_seq = [{k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+                 for _ in range(120)]
+    fused, ref = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    pf = {k: v.copy() for k, v in p0.items()}
+    pr = {k: v.copy() for k, v in p0.items()}
+    _run(fused, pf, grads_seq, reference=False)
+    _run(ref, pr, grads_seq, reference=True)
+    rule = type(fused).rule.__name__
+    assert dispatch.calls()[(rule, "cpu")] == 120 * len(shapes)
+    assert dispatch.calls()[(rule, "reference")] == 120 * len(shapes)
+    for k in shapes:
+        assert pf[k].dtype == dtype
+        assert_close(pf[k], pr[k], **TOL[dtype])
+        for sf, sr in zip(fused.state[k], ref.state[k]):
+            assert sf.dtype == dtype
+            assert_close(sf, sr, **TOL[dtype])
+
+
+def test_one_kernel_call_per_step_on_a_network():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 12)).astype(np.float32)
+    t = rng.integers(0, 4, 16)
+    nets = [MultiLayerNet(12, [10, 8], 4, weight_decay=0.01, seed=3) for _ in range(2)]
+    opts = [optim.Adam(lr=1e-2), optim.Adam(lr=1e-2)]
+    for _ in range(5):
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            if i == 1:
+                with dispatch.use("reference"):
+                    opt.update(net.params, net.gradient(x, t))
+                continue
+            grads = net.gradient(x, t)
+            dispatch.reset_calls()
+            opt.update(net.params, grads)
+            assert dispatch.calls() == {("adam", "cpu"): 1}, dispatch.calls()
+    assert set(opts[0].state) == {"flat"}
+    assert_close(nets[0].params.flat, nets[1].params.flat, rtol=1e-5, atol=1e-6)
+
+
+def test_one_kernel_call_counted_by_a_patched_kernel(monkeypatch):
+    calls = []
+    mod = dispatch.kernels("optim", "cpu")
+    real = mod.KERNELS["momentum"]
+    monkeypatch.setitem(mod.KERNELS, "momentum",
+                        lambda *a: (calls.append(a[0].size), real(*a))[1])
+    net = MultiLayerNet(6, [5, 5], 3, seed=0)
+    x, t = np.ones((4, 6), np.float32), np.array([0, 1, 2, 0])
+    optim.Momentum(lr=0.1).update(net.params, net.gradient(x, t))
+    assert calls == [net.params.flat.size]
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 1001])
+def test_optimizer_sizes(size):
+    rng = np.random.default_rng(size)
+    p = rng.standard_normal(size).astype(np.float32)
+    g = rng.standard_normal(size).astype(np.float32)
+    pr, state, state_r = p.copy(), (np.zeros_like(p), np.zeros_like(p)), (
+        np.zeros_like(p), np.zeros_like(p))
+    scalars = (0.9, 0.999, 1e-8, 0.01, 1.5, 0.0, 1.0)
+    dispatch.optimizer_step(optim.adam, p, g, state, scalars)
+    optim.adam(pr, g, *state_r, *scalars)
+    assert dispatch.last_path("adam") == "cpu"
+    assert_close(p, pr, rtol=1e-6)
+    assert_close(state[1], state_r[1], rtol=1e-6)
+
+
+def test_noncontiguous_and_other_dtype_inputs_are_copied():
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((40, 6))
+    p = base[:, ::2]  # written and strided: copied in, written back
+    g = np.asfortranarray(rng.standard_normal((40, 3)))  # read-only and not C-contiguous
+    v = np.zeros((40, 3))
+    p_ref, v_ref = p.copy(), v.copy()
+    dispatch.optimizer_step(optim.momentum, p, g, (v,), (0.1, 0.9, 0.0, 0.01))
+    optim.momentum(p_ref, g, v_ref, 0.1, 0.9, 0.0, 0.01)
+    assert dispatch.last_path("momentum") == "cpu"
+    assert_close(base[:, ::2], p_ref, rtol=1e-12)
+    assert_close(v, v_ref, rtol=1e-12)
+    # a float64 gradient for float32 parameters is cast (copied), not misread
+    p32 = rng.standard_normal(50).astype(np.float32)
+    g64 = rng.standard_normal(50)
+    p_ref = p32.copy()
+    dispatch.optimizer_step(optim.sgd, p32, g64, (), (0.1, 0.0))
+    optim.sgd(p_ref, g64.astype(np.float32), 0.1, 0.0)
+    assert_close(p32, p_ref, rtol=1e-6)
+
+
+def test_wrong_dtypes_are_refused_or_take_the_reference():
+    p = np.ones(5, np.float32)
+    with pytest.raises(TypeError, match="state\\[0\\] has dtype float64"):
+        dispatch.optimizer_step(optim.adagrad, p, p.copy(), (np.zeros(5),), (0.1, 1e-7, 0.0))
+    with pytest.raises(TypeError, match="float array"):
+        dispatch.optimizer_step(optim.sgd, p, np.ones(5, np.int64), (), (0.1, 0.0))
+    with pytest.raises(ValueError, match="shape"):
+        dispatch.optimizer_step(optim.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0))
+    p16 = np.ones(5, np.float16)  # no kernel takes float16: the reference runs
+    dispatch.optimizer_step(optim.sgd, p16, np.ones(5, np.float16), (), (0.5, 0.0))
+    assert dispatch.last_path("sgd") == "reference"
+    assert_close(p16, np.full(5, 0.5))
+
+
+def test_the_switch(monkeypatch):
+    p = np.ones(3)
+    monkeypatch.setenv("ACCEL_KERNELS", "reference")
+    dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+    assert dispatch.last_path("sgd") == "reference"
+    monkeypatch.setenv("ACCEL_KERNELS", "fused")
+    dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+    assert dispatch.last_path("sgd") == "cpu"
+    with dispatch.use("reference"):
+        dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+    assert dispatch.last_path() == {"sgd": "reference"}
+    monkeypatch.setenv("ACCEL_KERNELS", "fast")
+    with pytest.raises(ValueError, match="ACCEL_KERNELS"):
+        dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+
+
+def test_importing_accel_compiles_nothing():
+    code = ("import sys, accel, accel.optim, accel.layers, accel.dispatch; "
+            "print(sorted(m for m in sys.modules if m.startswith('accel.kernels')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+# -- batch norm
+
+
+def _bn_inputs(rng, n, d, dtype):
+    x = (rng.standard_normal((n, d)) * 3 + 5).astype(dtype)
+    gamma = rng.standard_normal(d).astype(dtype)
+    beta = rng.standard_normal(d).astype(dtype)
+    rm = rng.standard_normal(d).astype(dtype)
+    rv = rng.random(d).astype(dtype) + 0.5
+    dy = rng.standard_normal((n, d)).astype(dtype)
+    return x, gamma, beta, rm, rv, dy
+
+
+BN_TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-11, atol=1e-12)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,d", [(1, 1), (2, 3), (37, 70), (300, 5)])
+def test_batchnorm_kernels_match_reference(n, d, dtype):
+    rng = np.random.default_rng(n * 100 + d)
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, n, d, dtype)
+    rm_r, rv_r = rm.copy(), rv.copy()
+    out, mean, invstd = dispatch.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
+    ref = layers.batchnorm_forward_train(x, gamma, beta, rm_r, rv_r, 0.9, 1e-5)
+    assert dispatch.last_path("batchnorm_forward_train") == "cpu"
+    tol = BN_TOL[dtype]
+    for a, b in zip((out, mean, invstd, rm, rv), (*ref, rm_r, rv_r)):
+        assert a.dtype == dtype
+        assert_close(a, b, **tol)
+    grads = dispatch.batchnorm_backward(dy, x, gamma, mean, invstd)
+    ref_grads = layers.batchnorm_backward(dy, x, gamma, ref[1], ref[2])
+    assert dispatch.last_path("batchnorm_backward") == "cpu"
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == dtype
+        assert_close(a, b, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * max(1, n))
+    ev = dispatch.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5)
+    assert_close(ev, layers.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5), **tol)
+    assert dispatch.last_path("batchnorm_forward_eval") == "cpu"
+
+
+def test_batchnorm_kernels_gradient_check():
+    rng = np.random.default_rng(5)
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, 6, 4, np.float64)
+
+    def loss(x, gamma, beta):
+        out = dispatch.batchnorm_forward_train(x, gamma, beta, rm.copy(), rv.copy(), 0.9,
+                                               1e-5)[0]
+        return float((out * dy).sum())
+
+    _, mean, invstd = dispatch.batchnorm_forward_train(x, gamma, beta, rm.copy(), rv.copy(),
+                                                       0.9, 1e-5)
+    dx, dgamma, dbeta = dispatch.batchnorm_backward(dy, x, gamma, mean, invstd)
+    h = 1e-6
+    for arr, grad in ((x, dx), (gamma, dgamma), (beta, dbeta)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            keep = arr[idx]
+            arr[idx] = keep + h
+            up = loss(x, gamma, beta)
+            arr[idx] = keep - h
+            down = loss(x, gamma, beta)
+            arr[idx] = keep
+            num[idx] = (up - down) / (2 * h)
+        rel = np.linalg.norm(grad - num) / (np.linalg.norm(grad) + np.linalg.norm(num))
+        assert rel < 1e-7, rel
+
+
+def test_batchnorm_noncontiguous_and_bad_input():
+    rng = np.random.default_rng(7)
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, 20, 12, np.float64)
+    xs = np.asfortranarray(x)[:, ::2]
+    rm_s = np.zeros(12)[::2]  # written and strided: copied in, written back
+    rm_r = np.zeros(6)
+    out, mean, invstd = dispatch.batchnorm_forward_train(xs, gamma[:6], beta[:6], rm_s,
+                                                         rv[:6].copy(), 0.9, 1e-5)
+    ref = layers.batchnorm_forward_train(xs, gamma[:6], beta[:6], rm_r, rv[:6].copy(), 0.9,
+                                         1e-5)
+    assert_close(out, ref[0], rtol=1e-12)
+    assert_close(rm_s, rm_r, rtol=1e-12, atol=1e-15)
+    with pytest.raises(TypeError, match="running_var has dtype float32"):
+        dispatch.batchnorm_forward_train(x, gamma, beta, rm, rv.astype(np.float32), 0.9, 1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        dispatch.batchnorm_forward_train(x, gamma[:3], beta, rm, rv, 0.9, 1e-5)
+    with pytest.raises(ValueError, match="\\(N, D\\)"):
+        dispatch.batchnorm_forward_eval(x.reshape(20, 3, 4), gamma, beta, rm, rv, 1e-5)
+
+
+def test_batchnorm_layer_takes_the_kernels():
+    rng = np.random.default_rng(8)
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, 32, 10, np.float32)
+    fused = layers.BatchNorm(gamma.copy(), beta.copy(), momentum=0.9, eps=1e-5)
+    ref = layers.BatchNorm(gamma.copy(), beta.copy(), momentum=0.9, eps=1e-5)
+    out = fused.forward(x, train=True)
+    dx = fused.backward(dy)
+    assert dispatch.last_path("batchnorm_forward_train") == "cpu"
+    assert dispatch.last_path("batchnorm_backward") == "cpu"
+    with dispatch.use("reference"):
+        out_r = ref.forward(x, train=True)
+        dx_r = ref.backward(dy)
+    assert_close(out, out_r, rtol=2e-5, atol=2e-5)
+    assert_close(dx, dx_r, rtol=2e-4, atol=2e-4)
+    assert_close(fused.dgamma, ref.dgamma, rtol=2e-4, atol=2e-4)
+    assert_close(fused.running_var, ref.running_var, rtol=1e-5)
+    assert_close(fused.forward(x), ref.forward(x), rtol=2e-5, atol=2e-5)

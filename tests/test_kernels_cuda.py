@@ -1,0 +1,128 @@
+"""CUDA kernel twins (accel.kernels.*_cuda) against the xp reference, under Numba's CUDA
+simulator in a subprocess of its own (NUMBA_ENABLE_CUDASIM=1 must be set before numba.cuda
+is imported, and must not leak into the other tests). Small sizes: the simulator runs every
+GPU thread as a Python thread.
+
+Run directly (``NUMBA_ENABLE_CUDASIM=1 python tests/test_kernels_cuda.py``) it performs the
+checks and prints one line per kernel; pytest runs it that way.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+
+
+def test_cuda_kernels_under_the_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env.pop("ACCEL_KERNELS", None)
+    proc = subprocess.run([sys.executable, str(HERE)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all CUDA twins match" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_optimizer_twins_read_alike():
+    """The CPU and CUDA optimizer kernels share their argument lists and bodies (bar the loop
+    header). Read as source text: neither module is imported, nothing compiles."""
+    import ast
+
+    def functions(name):
+        path = HERE.parents[1] / "kernels" / f"{name}.py"
+        tree = ast.parse(path.read_text())
+        src = path.read_text()
+        out = {}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                seg = ast.get_source_segment(src, node).splitlines()
+                loop = next(k for k, line in enumerate(seg) if "for i in " in line)
+                out[node.name] = (seg[0], seg[1:loop], seg[loop + 1:])
+        return out
+
+    cpu, cuda = functions("optim_cpu"), functions("optim_cuda")
+    assert cpu.keys() == cuda.keys() == {"sgd", "momentum", "nesterov", "adagrad", "rmsprop",
+                                         "adam"}
+    for name in cpu:
+        assert cpu[name] == cuda[name], name
+
+
+# -- the checks, run in the simulator process
+
+
+def _check_optimizers(dispatch, optim, kernels_cuda):
+    rng = np.random.default_rng(0)
+    cases = {
+        "sgd": (optim.sgd, 0, (0.05, 0.01)),
+        "momentum": (optim.momentum, 1, (0.05, 0.9, 0.9, 1e-3)),
+        "nesterov": (optim.nesterov, 1, (0.05, 0.8, 1e-3)),
+        "adagrad": (optim.adagrad, 1, (0.05, 1e-7, 0.0)),
+        "rmsprop": (optim.rmsprop, 1, (0.01, 0.99, 1e-7, 1e-3)),
+        "adam": (optim.adam, 2, (0.9, 0.999, 1e-8, 0.01, 1.3, 1e-2, 0.999)),
+    }
+    steps = int(os.environ.get("ACCEL_CUDASIM_STEPS", "100"))
+    for dtype, tol in ((np.float32, 1e-6), (np.float64, 1e-12)):
+        for name, (rule, n_state, scalars) in cases.items():
+            for size in (0, 1, 37):
+                p = rng.standard_normal(size).astype(dtype)
+                state = [np.zeros(size, dtype) for _ in range(n_state)]
+                p_ref, state_ref = p.copy(), [s.copy() for s in state]
+                for _ in range(steps if size == 37 else 2):
+                    g = rng.standard_normal(size).astype(dtype)
+                    dispatch.launch_cuda(kernels_cuda.KERNELS[name], size, p, g, *state,
+                                         *scalars)
+                    rule(p_ref, g, *state_ref, *scalars)
+                for a, b in zip([p, *state], [p_ref, *state_ref]):
+                    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 0.1)
+            print(f"ok {name} {np.dtype(dtype).name}")
+
+
+def _check_batchnorm(dispatch, layers, bn_cuda):
+    rng = np.random.default_rng(1)
+    for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-11)):
+        for n, d in ((1, 1), (2, 3), (9, 37)):
+            x = (rng.standard_normal((n, d)) * 3 + 5).astype(dtype)
+            gamma, beta = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
+            rm, rv = rng.standard_normal(d).astype(dtype), (rng.random(d) + 0.5).astype(dtype)
+            dy = rng.standard_normal((n, d)).astype(dtype)
+            rm_r, rv_r = rm.copy(), rv.copy()
+            out, mean, invstd = (np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, dtype))
+            dispatch.launch_cuda(bn_cuda.batchnorm_forward_train, d, x, gamma, beta, rm, rv,
+                                 0.9, 1e-5, out, mean, invstd)
+            ref = layers.batchnorm_forward_train(x, gamma, beta, rm_r, rv_r, 0.9, 1e-5)
+            for a, b in zip((out, mean, invstd, rm, rv), (*ref, rm_r, rv_r)):
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+            ev = np.empty((n, d), dtype)
+            dispatch.launch_cuda(bn_cuda.batchnorm_forward_eval, n * d, x, gamma, beta, rm, rv,
+                                 1e-5, ev)
+            np.testing.assert_allclose(
+                ev, layers.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5), rtol=tol,
+                atol=tol)
+            dx, dgamma, dbeta = np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, dtype)
+            dispatch.launch_cuda(bn_cuda.batchnorm_backward, d, dy, x, gamma, mean, invstd,
+                                 dx, dgamma, dbeta)
+            for a, b in zip((dx, dgamma, dbeta),
+                            layers.batchnorm_backward(dy, x, gamma, mean, invstd)):
+                np.testing.assert_allclose(a, b, rtol=10 * tol, atol=10 * tol * n)
+        print(f"ok batchnorm {np.dtype(dtype).name}")
+
+
+def main():
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        sys.exit("run with NUMBA_ENABLE_CUDASIM=1")
+    from accel.kernels import batchnorm_cuda, optim_cuda
+
+    from accel import dispatch, layers, optim
+
+    dispatch.THREADS_PER_BLOCK = 8  # several blocks and a grid-stride wrap at these sizes
+    dispatch.MAX_BLOCKS = 2
+    _check_optimizers(dispatch, optim, optim_cuda)
+    _check_batchnorm(dispatch, layers, batchnorm_cuda)
+    print("all CUDA twins match")
+
+
+if __name__ == "__main__":
+    main()
