@@ -256,17 +256,17 @@ def section(header: dict, key: str, path, what: str) -> dict:
 def rng_state(rng, prefix: str) -> tuple[dict | None, dict]:
     """(JSON state, arrays) of a backend generator, arrays named under ``prefix``.
 
-    A NumPy Generator's state is a small JSON dict. A CuPy generator keeps its state in a
-    device array, which is saved as an array (``<prefix>state``)."""
+    A host (NumPy) generator's state is a small JSON dict. A device (CuPy) generator keeps its
+    state in a device array, which is saved as an array (``<prefix>state``)."""
     if rng is None:
         return None, {}
     bg = rng.bit_generator
     if isinstance(rng, np.random.Generator):
-        return {"kind": "numpy", "state": bg.state}, {}
+        return {"bit_generator": type(bg).__name__, "state": bg.state}, {}
     state = getattr(bg, "_state", None)
     if state is None:
         return None, {}
-    return {"kind": "cupy", "bit_generator": type(bg).__name__}, {prefix + "state": state}
+    return {"bit_generator": type(bg).__name__, "device_state": True}, {prefix + "state": state}
 
 
 def set_rng_state(rng, saved, arrays: dict, prefix: str) -> bool:
@@ -275,13 +275,13 @@ def set_rng_state(rng, saved, arrays: dict, prefix: str) -> bool:
     if rng is None or not isinstance(saved, dict):
         return False
     bg = rng.bit_generator
-    if saved.get("kind") == "numpy" and isinstance(rng, np.random.Generator):
-        if saved.get("state", {}).get("bit_generator") != type(bg).__name__:
-            return False
+    if saved.get("bit_generator") != type(bg).__name__:
+        return False
+    host = isinstance(rng, np.random.Generator)
+    if host and isinstance(saved.get("state"), dict):
         bg.state = saved["state"]
         return True
-    if (saved.get("kind") == "cupy" and not isinstance(rng, np.random.Generator)
-            and saved.get("bit_generator") == type(bg).__name__):
+    if not host and saved.get("device_state"):
         state = getattr(bg, "_state", None)
         a = arrays.get(prefix + "state")
         if state is None or a is None or a.shape != state.shape or a.dtype != state.dtype:

@@ -50,7 +50,8 @@ class MultiLayerNet:
         self.backend = get_backend(backend)
         xp = self.backend.xp
         self.sizes, self.batchnorm, self.weight_init = sizes, bool(batchnorm), weight_init
-        self.bn_momentum, self.bn_eps = bn_momentum, bn_eps
+        self.bn_momentum = checks.in_unit_interval("bn_momentum", bn_momentum)
+        self.bn_eps = checks.positive("bn_eps", bn_eps)
         self.dropout_inverted = bool(dropout_inverted)
         n_hidden = len(hidden_sizes)
 
@@ -131,6 +132,7 @@ class MultiLayerNet:
 
     def accuracy(self, x, t, batch_size: int = 4096) -> float:
         """Fraction of samples whose highest score is the true class (evaluated in batches)."""
+        checks.positive("batch_size", batch_size, integer=True)
         x = self._x(x)
         return self._accuracy(x, self._t(t, x.shape[0]), batch_size)
 
