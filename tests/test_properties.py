@@ -1,0 +1,267 @@
+"""Property-based tests (hypothesis): layer gradients over random shapes, loaders over random
+corrupted bytes, save → load → same predictions, optimizer math over random hyperparameters."""
+
+import gzip
+import hashlib
+import math
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from accel import MultiLayerNet, optim
+from accel.checkpoint import CheckpointError
+from accel.datasets import CorruptFileError, load_idx
+from accel.gradcheck import numerical_gradient, relative_difference
+from accel.layers import Affine, BatchNorm, ReLU, Sigmoid, SoftmaxWithLoss, Tanh
+
+FAST = settings(max_examples=15, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+seeds = st.integers(0, 2**32 - 1)
+
+
+# -- layer gradients over random shapes (float64, NumPy)
+
+
+def _check(layer, x, params, train=True):
+    r = np.random.default_rng(1).standard_normal(layer.forward(x, train).shape)
+    loss = lambda: (layer.forward(x, train) * r).sum()  # noqa: E731
+    layer.forward(x, train)
+    dx = layer.backward(r.copy())
+    assert relative_difference(dx, numerical_gradient(loss, x)) < 1e-6
+    for p, name in params:
+        layer.forward(x, train)
+        layer.backward(r)
+        got = getattr(layer, name).copy()
+        assert relative_difference(got, numerical_gradient(loss, p)) < 1e-6, name
+
+
+@FAST
+@given(n=st.integers(1, 5), d_in=st.integers(1, 6), d_out=st.integers(1, 5), seed=seeds)
+def test_affine_gradient(n, d_in, d_out, seed):
+    rng = np.random.default_rng(seed)
+    W, b = rng.standard_normal((d_in, d_out)), rng.standard_normal(d_out)
+    _check(Affine(W, b), rng.standard_normal((n, d_in)), [(W, "dW"), (b, "db")])
+
+
+@FAST
+@given(n=st.integers(2, 6), d=st.integers(1, 5), seed=seeds,
+       momentum=st.floats(0, 0.99), eps=st.floats(1e-5, 1e-1))
+def test_batchnorm_gradient(n, d, seed, momentum, eps):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)) * 3 + 1
+    # two rows that are nearly equal make the variance tiny and the numerical gradient noisy
+    assume(np.min(x.var(axis=0)) > 1e-2)
+    gamma, beta = rng.standard_normal(d), rng.standard_normal(d)
+    _check(BatchNorm(gamma, beta, momentum, eps), x, [(gamma, "dgamma"), (beta, "dbeta")])
+
+
+@FAST
+@given(n=st.integers(1, 5), d=st.integers(1, 6), seed=seeds,
+       cls=st.sampled_from([ReLU, Sigmoid, Tanh]))
+def test_activation_gradient(n, d, seed, cls):
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    x[np.abs(x) < 1e-3] = 0.5  # away from ReLU's kink
+    _check(cls(), x, [])
+
+
+@FAST
+@given(n=st.integers(1, 5), c=st.integers(2, 6), seed=seeds, one_hot=st.booleans())
+def test_softmax_with_loss_gradient(n, c, seed, one_hot):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c)) * 3
+    t = rng.integers(0, c, n)
+    if one_hot:
+        t = np.eye(c)[t]
+    layer = SoftmaxWithLoss()
+    layer.forward(x, t)
+    dx = layer.backward(1.0)
+    assert relative_difference(dx, numerical_gradient(lambda: layer.forward(x, t), x)) < 1e-6
+
+
+# -- loaders over random corrupted bytes: only the clear error, never a crash or a hang
+
+damage = st.one_of(
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)),
+                                        min_size=1, max_size=8)),
+    st.tuples(st.just("truncate"), st.floats(0, 0.999)),
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("replace"), st.binary(max_size=300)),
+)
+
+
+def _damage(raw: bytes, how) -> bytes:
+    kind, arg = how
+    if kind == "flip":
+        b = bytearray(raw)
+        for pos, mask in arg:
+            b[pos % len(b)] ^= mask
+        return bytes(b)
+    if kind == "truncate":
+        return raw[: int(len(raw) * arg)]
+    if kind == "append":
+        return raw + arg
+    return arg
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(how=damage, gz=st.booleans(), seed=seeds)
+def test_idx_loader_on_damaged_bytes(tmp_path, how, gz, seed):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (int(rng.integers(1, 6)), 7, 3), dtype=np.uint8)
+    raw = bytes([0, 0, 0x08, 3]) + np.array(arr.shape, ">u4").tobytes() + arr.tobytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    stored = gzip.compress(raw) if gz else raw
+    bad = _damage(stored, how)
+    path = tmp_path / "f-idx3-ubyte"
+    path.write_bytes(bad)
+    start = time.perf_counter()
+    try:
+        out = load_idx(path, sha256=sha)
+    except CorruptFileError as exc:
+        assert str(path) in str(exc)
+    else:  # only bytes that decode to exactly the same content may pass the hash
+        np.testing.assert_array_equal(out, arr)
+    try:
+        load_idx(path)  # without a hash: a parse error at most
+    except CorruptFileError as exc:
+        assert str(path) in str(exc)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.fixture(scope="module")
+def saved_net(tmp_path_factory):
+    net = MultiLayerNet(5, [6], 3, batchnorm=True, dropout=0.1, backend="numpy", seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "net.npz"
+    net.save(path)
+    return net, path.read_bytes()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(how=damage)
+def test_checkpoint_loader_on_damaged_bytes(tmp_path, saved_net, how):
+    net, raw = saved_net
+    bad = _damage(raw, how)
+    path = tmp_path / "net.npz"
+    path.write_bytes(bad)
+    start = time.perf_counter()
+    try:
+        back = MultiLayerNet.load(path, backend="numpy")
+    except CheckpointError as exc:
+        assert str(path) in str(exc)
+    else:  # a change the format does not read (zip metadata, trailing bytes) is harmless
+        np.testing.assert_array_equal(back.params.flat, net.params.flat)
+    assert time.perf_counter() - start < 5
+
+
+# -- save → load → identical predictions
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 6), min_size=0, max_size=3), d=st.integers(1, 5),
+       c=st.integers(2, 4), bn=st.booleans(), dropout=st.sampled_from([0.0, 0.3]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=seeds,
+       act=st.sampled_from(["relu", "sigmoid", "tanh"]))
+def test_save_load_identical_predictions(tmp_path, sizes, d, c, bn, dropout, dtype, seed, act):
+    net = MultiLayerNet(d, sizes, c, activation=act, batchnorm=bn, dropout=dropout, dtype=dtype,
+                        backend="numpy", seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, d)).astype(dtype)
+    net.gradient(x, rng.integers(0, c, 4))
+    back = MultiLayerNet.load(net.save(tmp_path / "n.npz"), backend="numpy")
+    np.testing.assert_array_equal(back.predict(x), net.predict(x))
+    np.testing.assert_array_equal(back.predict(x, train=True), net.predict(x, train=True))
+
+
+# -- optimizer reference functions vs a re-derivation (float64, step by step)
+
+hp = dict(lr=st.floats(1e-4, 1.0), wd=st.sampled_from([0.0, 1e-3, 0.1]), seed=seeds,
+          n=st.integers(1, 50), steps=st.integers(1, 6))
+
+
+def _data(seed, n, steps):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(n), [rng.standard_normal(n) for _ in range(steps)]
+
+
+def _close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@FAST
+@given(mu=st.floats(0, 0.99), damp=st.booleans(), **hp)
+def test_momentum_matches_rederivation(mu, damp, lr, wd, seed, n, steps):
+    p0, gs = _data(seed, n, steps)
+    opt = optim.Momentum(lr, mu, dampening=mu if damp else 0.0, weight_decay=wd)
+    params = {"w": p0.copy()}
+    p, v = p0.copy(), np.zeros(n)
+    for g in gs:
+        opt.update(params, {"w": g.copy()})
+        gg = g + wd * p
+        v = mu * v + ((1 - mu) if damp else 1.0) * gg
+        p = p - lr * v
+    _close(params["w"], p)
+
+
+@FAST
+@given(mu=st.floats(0, 0.99), **hp)
+def test_nesterov_matches_rederivation(mu, lr, wd, seed, n, steps):
+    # accel documents the book's code: v ← μv − lr·g, then p ← p + μ²·v − (1 + μ)·lr·g with
+    # the *updated* v. Written out in the old v: p ← p + μ³·v − (1 + μ + μ²)·lr·g. (Sutskever's
+    # and torch's look-ahead form uses the old v there: p ← p + μ²·v − (1 + μ)·lr·g.)
+    p0, gs = _data(seed, n, steps)
+    opt = optim.Nesterov(lr, mu, weight_decay=wd)
+    params = {"w": p0.copy()}
+    p, v = p0.copy(), np.zeros(n)
+    for g in gs:
+        opt.update(params, {"w": g.copy()})
+        gg = g + wd * p
+        p = p + mu**3 * v - (1 + mu + mu**2) * lr * gg
+        v = mu * v - lr * gg
+    _close(params["w"], p)
+
+
+@FAST
+@given(eps=st.floats(1e-10, 1e-2), rho=st.floats(0, 0.999), rms=st.booleans(), **hp)
+def test_adagrad_rmsprop_match_rederivation(eps, rho, rms, lr, wd, seed, n, steps):
+    p0, gs = _data(seed, n, steps)
+    opt = optim.RMSProp(lr, rho, eps, wd) if rms else optim.AdaGrad(lr, eps, wd)
+    params = {"w": p0.copy()}
+    p, h = p0.copy(), np.zeros(n)
+    for g in gs:
+        opt.update(params, {"w": g.copy()})
+        gg = g + wd * p
+        h = rho * h + (1 - rho) * gg**2 if rms else h + gg**2
+        p = p - lr * gg / (np.sqrt(h) + eps)
+    _close(params["w"], p)
+
+
+@FAST
+@given(b1=st.floats(0, 0.99), b2=st.floats(0, 0.9999), eps=st.floats(1e-10, 1e-3),
+       folded=st.booleans(), decoupled=st.booleans(), **hp)
+def test_adam_matches_rederivation(b1, b2, eps, folded, decoupled, lr, wd, seed, n, steps):
+    p0, gs = _data(seed, n, steps)
+    cls = optim.AdamW if decoupled else optim.Adam
+    opt = cls(lr, b1, b2, eps, weight_decay=wd, folded=folded)
+    params = {"w": p0.copy()}
+    p, m, v = p0.copy(), np.zeros(n), np.zeros(n)
+    for t, g in enumerate(gs, 1):
+        opt.update(params, {"w": g.copy()})
+        if decoupled:
+            p = p * (1 - lr * wd)
+            gg = g
+        else:
+            gg = g + wd * p
+        m = b1 * m + (1 - b1) * gg
+        v = b2 * v + (1 - b2) * gg**2
+        if folded:  # the book: lr_t = lr·√(1 − β2ᵗ)/(1 − β1ᵗ), ε beside √v
+            p = p - lr * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+        else:  # torch.optim.Adam: explicit m̂, v̂
+            m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+            p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    _close(params["w"], p)
