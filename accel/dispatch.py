@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 MODES = ("fused", "reference")
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# CPU: arrays smaller than this run the serial compile of a kernel (waking the thread pool
+# costs ~10 µs idle, a scheduler time slice when the cores are busy, e.g. with BLAS threads).
+PARALLEL_MIN = 1 << 18
+
 # CUDA launch shape: grid-stride loops, so any grid covers any size.
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 4096
@@ -133,6 +137,13 @@ def kernels(kind: str, target: str):
     return mod
 
 
+def cpu_kernel(kind: str, name: str, size: int):
+    """The CPU kernel ``name`` of ``accel.kernels.<kind>_cpu``: the parallel compile for
+    ``size`` ≥ PARALLEL_MIN elements, else the serial one (None when there is no kernel)."""
+    mod = kernels(kind, "cpu")
+    return (mod.KERNELS if size >= PARALLEL_MIN else mod.SERIAL).get(name)
+
+
 def launch_cuda(kernel, n: int, *args) -> None:
     """Launch a grid-stride CUDA kernel over ``n`` items on CuPy's current stream."""
     if n == 0:
@@ -215,7 +226,10 @@ def optimizer_step(rule, p, g, state=(), scalars=()):
         _record(name, "reference")
         rule(p, g, *state, *scalars)
         return
-    kernel = kernels("optim", target).KERNELS.get(name)
+    if target == "cpu":
+        kernel = cpu_kernel("optim", name, p.size)
+    else:
+        kernel = kernels("optim", target).KERNELS.get(name)
     if kernel is None:
         _record(name, "reference")
         rule(p, g, *state, *scalars)
@@ -246,6 +260,12 @@ def _bn_target(x):
     return target
 
 
+def _bn_kernel(target, name, size):
+    if target == "cpu":
+        return cpu_kernel("batchnorm", name, size)
+    return getattr(kernels("batchnorm", target), name)
+
+
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):
     """As ``accel.layers.batchnorm_forward_train``: returns (out, mean, invstd) and updates
     the running statistics in place."""
@@ -264,7 +284,7 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum,
     out, mean, invstd = xp.empty((n, d), dtype), xp.empty(d, dtype), xp.empty(d, dtype)
     args = (x, gamma, beta, written[0][0], written[1][0], float(momentum), float(eps),
             out, mean, invstd)
-    kernel = kernels("batchnorm", target).batchnorm_forward_train
+    kernel = _bn_kernel(target, "batchnorm_forward_train", n * d)
     _record("batchnorm_forward_train", target)
     if target == "cpu":
         kernel(*args)
@@ -288,7 +308,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
              (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
               ("running_var", running_var))]
     out = xp.empty((n, d), dtype)
-    kernel = kernels("batchnorm", target).batchnorm_forward_eval
+    kernel = _bn_kernel(target, "batchnorm_forward_eval", n * d)
     _record("batchnorm_forward_eval", target)
     if target == "cpu":
         kernel(*args, float(eps), out)
@@ -310,7 +330,7 @@ def batchnorm_backward(dy, x, gamma, mean, invstd):
     args += [_read(k, a, dtype, (d,)) for k, a in
              (("gamma", gamma), ("mean", mean), ("invstd", invstd))]
     dx, dgamma, dbeta = xp.empty((n, d), dtype), xp.empty(d, dtype), xp.empty(d, dtype)
-    kernel = kernels("batchnorm", target).batchnorm_backward
+    kernel = _bn_kernel(target, "batchnorm_backward", n * d)
     _record("batchnorm_backward", target)
     if target == "cpu":
         kernel(*args, dx, dgamma, dbeta)

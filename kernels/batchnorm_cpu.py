@@ -15,11 +15,23 @@ dx = γ·invstd/N·(N·dy − Σdy − x̂·Σ(dy·x̂)).
 """
 
 import math
+import types
 
 import numpy as np
 from numba import njit, prange
 
 jit = njit(parallel=True, cache=True, error_model="numpy")
+
+
+def serial(kernel):
+    """The same kernel compiled without threads (prange runs as range), cached under its own
+    name: for small arrays, where waking the thread pool costs more than the loop (and, on a
+    busy machine, can wait for a scheduler time slice)."""
+    py = kernel.py_func
+    fn = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
+                            py.__defaults__, py.__closure__)
+    fn.__qualname__ = py.__qualname__ + "_serial"
+    return njit(cache=True, error_model="numpy")(fn)
 
 ROWS_PER_CHUNK = 64  # at least this many rows per parallel chunk of the column sums
 MAX_CHUNKS = 64
@@ -98,3 +110,8 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
         for j in range(d):
             xhat = (x[i, j] - mean[j]) * invstd[j]
             dx[i, j] = scale[j] * (f(n) * dy[i, j] - dbeta[j] - xhat * dgamma[j])
+
+
+KERNELS = {f.__name__: f for f in (batchnorm_forward_train, batchnorm_forward_eval,
+                                   batchnorm_backward)}
+SERIAL = {name: serial(f) for name, f in KERNELS.items()}
