@@ -1,0 +1,328 @@
+"""Plumbing shared by the experiment scripts: arguments, data, kernel path, output, plots.
+
+Every script builds its parser with ``parser()`` (the common options ``--backend``,
+``--dataset``, ``--seed``, ``--out``, ``--quick``, ``--data-dir``, ``--offline``), calls
+``start()`` to print what it runs on, and ends with ``finish()``, which writes
+``<out>/<name>.json`` and ``<out>/<name>.png``.
+
+The JSON of every script has the same shape::
+
+    {"experiment": name, "config": {...}, "backend": "numpy", "dataset": "fashion-mnist",
+     "kernel_path": "fused", "kernel_calls": {...}, "summary": {...},
+     "results": {series label: {curves..., "final": {...}}}, "elapsed_s": 12.3}
+
+``summary`` holds the few numbers the index page of ``run_all.py`` shows beside the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # run from a clone without installing
+    sys.path.insert(0, str(HERE.parent))
+
+import accel  # noqa: E402
+from accel import datasets  # noqa: E402
+from accel.ewma import ewma  # noqa: E402
+
+try:
+    from accel import dispatch
+except ImportError:  # a tree without the fused kernels
+    dispatch = None
+
+DEFAULT_OUT = HERE / "out"
+IMAGE_DATASETS = ("mnist", "fashion-mnist")
+ALL_DATASETS = (*IMAGE_DATASETS, "moons", "circles", "spiral")
+EXIT_NO_DATA = 2
+
+
+# -- arguments
+
+
+def parser(name: str, description: str, datasets_allowed=ALL_DATASETS,
+           default_dataset: str = "mnist") -> argparse.ArgumentParser:
+    """An ArgumentParser with the options every script shares."""
+    p = argparse.ArgumentParser(prog=f"{name}.py", description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
+                   help="array backend (auto: CuPy when it sees a GPU, else NumPy)")
+    if datasets_allowed:
+        p.add_argument("--dataset", choices=datasets_allowed, default=default_dataset,
+                       help="dataset (the image sets are read from $ACCEL_DATA_DIR, the "
+                            "cache or /usr/share/datasets, or downloaded once)")
+        p.add_argument("--data-dir", default=None,
+                       help="folder holding <dataset>/ (default: $ACCEL_DATA_DIR, cache, ...)")
+        p.add_argument("--offline", action="store_true",
+                       help="never download; fail with the list of places searched")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, batches, sampling")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings that finish in seconds (used by the tests)")
+    p.set_defaults(experiment=name)
+    return p
+
+
+def config_from(args, defaults: dict, quick: dict, names=()) -> dict:
+    """``defaults``, with ``quick`` over it under ``--quick``, then every option in ``names``
+    the user gave explicitly (argparse default None) over that."""
+    cfg = dict(defaults)
+    if args.quick:
+        cfg.update(quick)
+    for k in names:
+        v = getattr(args, k, None)
+        if v is not None:
+            cfg[k] = v
+    return cfg
+
+
+# -- what runs where
+
+
+def kernel_path() -> str:
+    """"fused" or "reference": the path ``accel.dispatch`` takes for optimizer updates and
+    batch norm ("reference" when this accel has no dispatch module)."""
+    if dispatch is None:
+        return "reference"
+    return dispatch.mode()
+
+
+def kernel_calls() -> dict:
+    """{"op/path": count} since ``start()``: which path each op actually took."""
+    if dispatch is None:
+        return {}
+    return {f"{op}/{path}": n for (op, path), n in sorted(dispatch.calls().items())}
+
+
+class Run:
+    """State of one script run: args, backend, timing."""
+
+    def __init__(self, args, backend):
+        self.args, self.backend = args, backend
+        self.name = args.experiment
+        self.dataset = getattr(args, "dataset", None)
+        self.start = time.perf_counter()
+
+
+def start(args) -> Run:
+    """Pick the backend and print the backend, kernel path and dataset."""
+    backend = accel.get_backend(args.backend)
+    if dispatch is not None:
+        dispatch.reset_calls()
+    dataset = getattr(args, "dataset", None) or "(none: synthetic input)"
+    print(f"[{args.experiment}] backend: {backend.name}   kernel path: {kernel_path()}   "
+          f"dataset: {dataset}" + ("   (quick)" if args.quick else ""), flush=True)
+    return Run(args, backend)
+
+
+# -- data
+
+
+def load_data(args, dtype=np.float32, **generated):
+    """``(x_train, t_train), (x_test, t_test)`` of ``args.dataset`` as NumPy arrays.
+
+    A missing image dataset ends the script with exit status 2 and the library's message,
+    which lists where it looked and the offline options.
+    """
+    name = args.dataset
+    try:
+        if name in IMAGE_DATASETS:
+            return datasets.load(name, dtype=dtype, data_dir=args.data_dir,
+                                 download=not args.offline)
+        if args.data_dir is not None:
+            print(f"note: --data-dir does not apply to the generated dataset {name!r}",
+                  file=sys.stderr)
+        return datasets.load(name, dtype=dtype, seed=args.seed, **generated)
+    except datasets.DatasetNotFoundError as exc:
+        print(f"\nerror: cannot load dataset {name!r}.\n{exc}\n"
+              f"(or run with --dataset fashion-mnist / moons / circles / spiral)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_NO_DATA) from None
+
+
+def subset(x, t, n, seed=None):
+    """The first ``n`` samples (as the book does), or ``n`` shuffled ones when ``seed`` is
+    given."""
+    if seed is not None:
+        idx = np.random.default_rng(seed).permutation(x.shape[0])[:n]
+        return x[idx], t[idx]
+    return x[:n], t[:n]
+
+
+# -- progress for loops over runs/trials (the trainer's own bar is per epoch)
+
+
+class Steps:
+    """Prints one line per finished item: ``[3/16] label  info  (1.2s, eta 0:20)``."""
+
+    def __init__(self, total: int, desc: str = ""):
+        self.total, self.desc, self.n = total, desc, 0
+        self.t0 = self.last = time.perf_counter()
+
+    def done(self, label: str, **info) -> None:
+        self.n += 1
+        now = time.perf_counter()
+        took, self.last = now - self.last, now
+        eta = (now - self.t0) / self.n * (self.total - self.n)
+        parts = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in info.items())
+        print(f"  [{self.n}/{self.total}] {label}  {parts}  ({took:.1f}s, eta "
+              f"{int(eta) // 60}:{int(eta) % 60:02d})", flush=True)
+
+
+# -- numbers
+
+
+def smooth(values, beta: float = 0.9):
+    """Bias-corrected exponentially weighted average (≈ the last 1/(1−β) values)."""
+    return ewma(np.asarray(values, dtype=np.float64), beta=beta)
+
+
+def rounded(values, digits: int = 5) -> list:
+    """A list of floats rounded to ``digits`` significant digits (small JSON)."""
+    out = []
+    for v in np.asarray(values, dtype=np.float64).ravel().tolist():
+        if v == 0 or not math.isfinite(v):
+            out.append(v if math.isfinite(v) else None)
+        else:
+            out.append(float(f"{v:.{digits}g}"))
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _clean(o):
+    """NaN/inf → None, so the file is strict JSON."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+# -- plots
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- output
+
+
+def finish(run: Run, config: dict, results: dict, fig=None, summary=None, **extra) -> dict:
+    """Write ``<out>/<name>.json`` (and ``<name>.png`` from ``fig``); print where; return the
+    record."""
+    out = Path(run.args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    elapsed = time.perf_counter() - run.start
+    config = dict(config, seed=run.args.seed, quick=bool(run.args.quick))
+    record = {
+        "experiment": run.name,
+        "config": config,
+        "backend": run.backend.name,
+        "dataset": run.dataset,
+        "kernel_path": kernel_path(),
+        "kernel_calls": kernel_calls(),
+        "summary": summary or {},
+        "results": results,
+        **extra,
+        "elapsed_s": round(elapsed, 2),
+    }
+    json_path = out / f"{run.name}.json"
+    json_path.write_text(json.dumps(_clean(record), default=_json_default, indent=1) + "\n")
+    paths = [json_path]
+    if fig is not None:
+        png = out / f"{run.name}.png"
+        fig.savefig(png, dpi=int(os.environ.get("ACCEL_PLOT_DPI", "80")),
+                    bbox_inches="tight")
+        pyplot().close(fig)
+        paths.insert(0, png)
+    if summary:
+        for k, v in summary.items():
+            print(f"  {k}: {v}")
+    calls = record["kernel_calls"]
+    if calls:
+        print("  kernel calls: " + ", ".join(f"{k} ×{n}" for k, n in calls.items()))
+    print(f"[{run.name}] wrote {', '.join(str(p) for p in paths)}  ({elapsed:.1f}s)",
+          flush=True)
+    return record
+
+
+# -- training
+
+
+def make_net(run, n_in, n_out, hidden, seed=None, **kwargs):
+    """A MultiLayerNet on the run's backend."""
+    return accel.MultiLayerNet(n_in, hidden, n_out, backend=run.backend, seed=seed, **kwargs)
+
+
+def train(net, opt, data, *, epochs=None, iterations=None, batch_size=100, seed=0,
+          schedule=None, evaluate_sample=None, verbose=False):
+    """Train with ``accel.Trainer`` on ``data`` = ((x, t), (x_test, t_test) or None) for
+    ``epochs`` (or just enough epochs for ``iterations`` steps); returns the History.
+
+    The same ``seed`` gives every run the same mini-batches. A run that diverges (NaN/Inf)
+    goes on, as in the book, and shows as chance accuracy: the experiments plot it."""
+    (x, t), test = data
+    if epochs is None:
+        epochs = -(-iterations * batch_size // x.shape[0])
+    xt, tt = test if test is not None else (None, None)
+    trainer = accel.Trainer(net, opt, x, t, xt, tt, epochs=epochs, batch_size=batch_size,
+                            schedule=schedule, evaluate_sample=evaluate_sample,
+                            max_iterations=iterations, seed=seed, verbose=verbose,
+                            **_NONFINITE_OFF)
+    return trainer.fit()
+
+
+# Trainers with a non-finite guard stop a diverging run by default; these experiments show it.
+_NONFINITE_OFF = ({"on_nonfinite": None}
+                  if "on_nonfinite" in inspect.signature(accel.Trainer).parameters else {})
+
+
+def n_classes(*labels) -> int:
+    return int(max(int(np.max(t)) for t in labels)) + 1
+
+
+def loss_figure(results: dict, title: str, ylim=None, beta: float = 0.9):
+    """Loss per iteration, raw (faint) and smoothed, one colour per series."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (label, r) in enumerate(results.items()):
+        c = f"C{i}"
+        ax.plot(r["train_loss"], color=c, alpha=0.15, lw=0.7)
+        ax.plot(smooth(r["train_loss"], beta), color=c, lw=1.8, label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"training loss (faint: per mini-batch; line: EWMA β={beta})")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

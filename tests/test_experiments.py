@@ -1,0 +1,233 @@
+"""The chapter-6 experiment scripts: each one with --quick on NumPy writes its PNG and its
+JSON with the agreed keys, and the cheap ones reproduce the book's outcome in numbers."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+KEYS = {"experiment", "config", "backend", "dataset", "results", "elapsed_s"}
+HAVE_FASHION = (DATA_DIR / "fashion-mnist").is_dir()
+needs_fashion = pytest.mark.skipif(
+    not HAVE_FASHION, reason=f"Fashion-MNIST not found under {DATA_DIR} (set ACCEL_DATA_DIR)")
+
+IMAGE_SCRIPTS = ("compare_optimizers", "compare_initializers", "batchnorm_compare",
+                 "overfitting", "hyperparameter_search", "gradient_check")
+SYNTHETIC = ("optimizer_paths", "activation_histograms")
+
+
+def run_script(name, *args, out, env_extra=None, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+               ACCEL_DATA_DIR=str(DATA_DIR), MPLBACKEND="Agg")
+    env.update(env_extra or {})
+    cmd = [sys.executable, str(BENCH / f"{name}.py"), "--backend", "numpy", "--out", str(out),
+           *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n"
+                             f"{proc.stderr}")
+    return proc
+
+
+_cache = {}
+
+
+def quick(name, tmp_path_factory):
+    """Run ``name --quick`` once per session; (record, stdout, out folder)."""
+    if name not in _cache:
+        out = tmp_path_factory.mktemp(name)
+        args = ["--quick"]
+        if name in IMAGE_SCRIPTS:
+            args += ["--dataset", "fashion-mnist"]
+        proc = run_script(name, *args, out=out)
+        record = json.loads((out / f"{name}.json").read_text())
+        _cache[name] = (record, proc.stdout, out)
+    return _cache[name]
+
+
+def check_files(name, record, stdout, out):
+    png = out / f"{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert KEYS <= record.keys()
+    assert record["experiment"] == name
+    assert record["backend"] == "numpy"
+    assert record["config"]["quick"] is True
+    assert record["elapsed_s"] > 0
+    assert record["results"]
+    for label, series in record["results"].items():
+        assert "final" in series, label
+    assert "backend: numpy" in stdout and "kernel path:" in stdout and "dataset:" in stdout
+
+
+@pytest.mark.parametrize("name", SYNTHETIC + ("lr_decay",))
+def test_script_writes_png_and_json(name, tmp_path_factory):
+    check_files(name, *quick(name, tmp_path_factory))
+
+
+@needs_fashion
+@pytest.mark.parametrize("name", IMAGE_SCRIPTS)
+def test_image_script_writes_png_and_json(name, tmp_path_factory):
+    record, stdout, out = quick(name, tmp_path_factory)
+    check_files(name, record, stdout, out)
+    assert record["dataset"] == "fashion-mnist"
+
+
+# -- outcomes
+
+
+def test_optimizer_paths_outcome(tmp_path_factory):
+    r = quick("optimizer_paths", tmp_path_factory)[0]["results"]
+    f0 = 7.0 ** 2 / 20 + 2.0 ** 2
+    assert set(r) == {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam"}
+    for label, s in r.items():
+        assert len(s["x"]) == len(s["y"]) == 31
+        assert (s["x"][0], s["y"][0]) == (-7.0, 2.0)
+        assert s["final"]["f"] < 0.05 * f0, label  # every one gets near the minimum
+    # SGD zig-zags across the valley: y changes sign at every step
+    ys = r["SGD"]["y"][:10]
+    assert all(a * b < 0 for a, b in zip(ys, ys[1:]))
+    # AdaGrad's per-coordinate steps go straight in: closer than SGD at the end, and |y| ≈ 0
+    assert r["AdaGrad"]["final"]["distance"] < r["SGD"]["final"]["distance"]
+    assert abs(r["AdaGrad"]["final"]["y"]) < 1e-6
+
+
+def test_activation_histograms_outcome(tmp_path_factory):
+    r = quick("activation_histograms", tmp_path_factory)[0]["results"]
+    f = {k: v["final"] for k, v in r.items()}
+    assert len(r) == 12
+    assert all(len(v["layers"]) == 5 and len(v["hist_counts"]) == 5 for v in r.values())
+    # sigmoid, std 1: activations pile up at 0 and 1 (vanishing gradients)
+    assert f["sigmoid / std=1"]["last_saturated"] > 0.4
+    # sigmoid, std 0.01: all near 0.5 (no expressive power)
+    assert f["sigmoid / std=0.01"]["last_std"] < 0.02
+    assert abs(f["sigmoid / std=0.01"]["last_mean"] - 0.5) < 0.01
+    # Xavier keeps sigmoid spread out and unsaturated
+    assert 0.05 < f["sigmoid / Xavier"]["last_std"] < 0.3
+    assert f["sigmoid / Xavier"]["last_saturated"] < 0.01
+    # ReLU: std 0.01 vanishes, std 1 explodes, He keeps the scale layer after layer
+    assert f["relu / std=0.01"]["std_ratio_last_first"] < 1e-3
+    assert f["relu / std=1"]["std_ratio_last_first"] > 1e2
+    assert 0.5 < f["relu / He"]["std_ratio_last_first"] < 2.0
+    assert f["relu / Xavier"]["std_ratio_last_first"] < 0.5  # Xavier shrinks under ReLU
+
+
+@needs_fashion
+def test_compare_initializers_outcome(tmp_path_factory):
+    record = quick("compare_initializers", tmp_path_factory)[0]
+    assert record["config"]["iterations"] >= 300
+    f = {k: v["final"] for k, v in record["results"].items()}
+    # std 0.01 does not learn: the loss stays at ln 10
+    assert abs(f["std=0.01"]["loss_last100_mean"] - math.log(10)) < 0.02
+    # He learns faster than Xavier, and both learn
+    assert f["He"]["loss_last100_mean"] < f["Xavier"]["loss_last100_mean"] < 2.0
+    assert f["He"]["test_acc"] > f["Xavier"]["test_acc"] > 0.3 > f["std=0.01"]["test_acc"]
+    assert all(len(v["train_loss"]) == record["config"]["iterations"]
+               for v in record["results"].values())
+
+
+@needs_fashion
+def test_compare_optimizers_outcome(tmp_path_factory):
+    record = quick("compare_optimizers", tmp_path_factory)[0]
+    r = record["results"]
+    assert set(r) == {"SGD", "Momentum", "AdaGrad", "RMSProp", "Adam"}
+    loss = {k: v["final"]["loss_last100_mean"] for k, v in r.items()}
+    assert max(loss, key=loss.get) == "SGD"  # SGD is the slowest
+    assert loss["Adam"] < loss["SGD"] - 0.2
+
+
+@needs_fashion
+def test_gradient_check_outcome(tmp_path_factory):
+    record = quick("gradient_check", tmp_path_factory)[0]
+    theta = record["results"]["theta"]["final"]
+    assert theta["relative_difference"] < 1e-7 and theta["verdict"] == "fine"
+    assert {"W1", "gamma1", "beta1"} <= set(record["results"])
+    assert record["config"]["batchnorm"] and record["config"]["weight_decay"] > 0
+
+
+@needs_fashion
+def test_hyperparameter_search_ranking(tmp_path_factory):
+    record = quick("hyperparameter_search", tmp_path_factory)[0]
+    r = record["results"]
+    n = record["config"]["trials"]
+    assert list(r) == [f"Best-{i + 1}" for i in range(n)]
+    scores = [v["final"]["val_acc"] for v in r.values()]
+    assert scores == sorted(scores, reverse=True)
+    for v in r.values():
+        assert 1e-6 <= v["lr"] <= 1e-2 and 1e-8 <= v["weight_decay"] <= 1e-4
+        assert len(v["val_acc"]) == record["config"]["epochs"] + 1
+
+
+def test_lr_decay_outcome(tmp_path_factory):
+    record = quick("lr_decay", tmp_path_factory)[0]
+    assert record["dataset"] == "moons"
+    f = {k: v["final"] for k, v in record["results"].items()}
+    assert len(f) == 15
+    # exponential decay ends far below lr0; without decay lr stays at the course's 0.0007
+    assert f["GD / exponential"]["lr"] < 0.1 * 0.95 ** 70
+    assert f["GD / no decay"]["lr"] == pytest.approx(7e-4)
+    # lr0 0.1 with staircase decay learns the moons far better than lr 0.0007 without decay
+    assert f["GD / staircase"]["train_acc"] > f["GD / no decay"]["train_acc"] + 0.2
+
+
+# -- plumbing
+
+
+def test_missing_mnist_says_so(tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    proc = run_script("compare_optimizers", "--quick", "--dataset", "mnist", "--offline",
+                      "--data-dir", str(empty), out=tmp_path / "out", check=False,
+                      env_extra={"ACCEL_DATA_DIR": str(empty),
+                                 "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 2
+    assert "cannot load dataset 'mnist'" in proc.stderr
+    assert "ACCEL_DATA_DIR" in proc.stderr and "fashion-mnist" in proc.stderr
+    assert not (tmp_path / "out" / "compare_optimizers.json").exists()
+
+
+def test_hyperparameter_search_workers_and_narrow(tmp_path):
+    out = tmp_path / "out"
+    run_script("hyperparameter_search", "--quick", "--dataset", "spiral", "--trials", "4",
+               "--epochs", "2", "--narrow", "2", "--workers", "2", out=out)
+    record = json.loads((out / "hyperparameter_search.json").read_text())
+    assert record["config"]["rounds"] == 2 and record["config"]["workers"] == 2
+    assert len(record["results"]) == 8
+    spaces = record["search"]["spaces"]
+    assert len(spaces) == 2
+    assert spaces[1]["lr"]["low"] >= spaces[0]["lr"]["low"]
+    assert spaces[1]["lr"]["high"] <= spaces[0]["lr"]["high"]
+    round2 = [v for v in record["results"].values() if v["round"] == 1]
+    assert all(spaces[1]["lr"]["low"] <= v["lr"] <= spaces[1]["lr"]["high"] for v in round2)
+
+
+def test_run_all_index(tmp_path):
+    out = tmp_path / "out"
+    run_script("run_all", "--quick", "--only", "optimizer_paths,activation_histograms",
+               out=out)
+    index = (out / "index.md").read_text()
+    for name in ("optimizer_paths", "activation_histograms"):
+        assert f"![{name}]({name}.png)" in index
+        assert f"python benchmarks/{name}.py" in index
+        assert (out / f"{name}.json").exists()
+    record = json.loads((out / "run_all.json").read_text())
+    assert KEYS <= record.keys()
+    assert set(record["results"]) == {"optimizer_paths", "activation_histograms"}
+    assert (out / "run_all.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_run_all_quick_everything(tmp_path):
+    out = tmp_path / "out"
+    run_script("run_all", "--quick", "--dataset", "fashion-mnist", out=out)
+    record = json.loads((out / "run_all.json").read_text())
+    assert record["config"]["failed"] == []
+    for name in record["config"]["experiments"]:
+        assert (out / f"{name}.png").exists() and (out / f"{name}.json").exists()
