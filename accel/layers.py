@@ -47,7 +47,9 @@ class Affine:
                 f"Affine expects {self.W.shape[0]}"
             )
         self.x = x
-        return x @ self.W + self.b
+        out = x @ self.W
+        out += self.b  # in place: one allocation per forward, not two
+        return out
 
     def backward(self, dout):
         xp = array_module(dout)
@@ -246,15 +248,17 @@ class SoftmaxWithLoss:
         n = x.shape[0]
         z = x - x.max(axis=1, keepdims=True)
         e = xp.exp(z)
-        s = e.sum(axis=1, keepdims=True)
-        self.y = e / s
-        self.t = t
-        logp = z - xp.log(s)
+        s = e.sum(axis=1)
+        e /= s[:, None]
+        self.y, self.t = e, t
+        # −log softmax(x)[t] = log Σexp(z) − z[t]: only the picked entries of log p are formed
         if t.ndim == 1:
-            picked = logp[xp.arange(n), t]
+            picked = z[xp.arange(n), t].sum()
+            log_s = xp.log(s).sum()
         else:
-            picked = (logp * t).sum(axis=1)
-        return -picked.sum() / n
+            picked = (z * t).sum()
+            log_s = (xp.log(s) * t.sum(axis=1)).sum()
+        return (log_s - picked) / n
 
     def backward(self, dout=1.0):
         xp = array_module(self.y)
