@@ -21,6 +21,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -208,6 +209,10 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+|null|true|false)(?:,\s*(?:-?[\d.eE+-]+|null|"
+                          r"true|false))*)\s*\]")
+
+
 def _clean(o):
     """NaN/inf → None, so the file is strict JSON."""
     if isinstance(o, float):
@@ -255,7 +260,11 @@ def finish(run: Run, config: dict, results: dict, fig=None, summary=None, **extr
         "elapsed_s": round(elapsed, 2),
     }
     json_path = out / f"{run.name}.json"
-    json_path.write_text(json.dumps(_clean(record), default=_json_default, indent=1) + "\n")
+    text = json.dumps(_clean(record), default=_json_default, indent=1)
+    # lists of numbers on one line each: readable and a third of the size
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",")
+                            + "]", text)
+    json_path.write_text(text + "\n")
     paths = [json_path]
     if fig is not None:
         png = out / f"{run.name}.png"

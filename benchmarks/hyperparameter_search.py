@@ -105,11 +105,12 @@ def main(argv=None):
               f"weight decay: {tr.params['weight_decay']:.3g}")
 
     results = {}
-    for i, tr in enumerate(ranked):
+    for i, tr in enumerate(ranked):  # curves for the best `show` (the plotted ones) only
+        curves = ({"val_acc": tr.info["val_acc"], "train_acc": tr.info["train_acc"]}
+                  if i < cfg["show"] else {})
         results[f"Best-{i + 1}"] = {
             "trial": tr.index, "round": tr.round, "lr": tr.params["lr"],
-            "weight_decay": tr.params["weight_decay"],
-            "val_acc": tr.info["val_acc"], "train_acc": tr.info["train_acc"],
+            "weight_decay": tr.params["weight_decay"], **curves,
             "final": {"val_acc": tr.score, "train_acc": tr.info["final_train_acc"]}}
 
     fig = _figure(ranked, cfg, result, args.dataset)

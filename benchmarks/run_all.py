@@ -137,7 +137,7 @@ def _contact_sheet(records, out):
         return None
     cols = 3
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.9 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         ax.imshow(plt.imread(out / f"{name}.png"))
         ax.set_title(name, fontsize=10)
