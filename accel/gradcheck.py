@@ -14,18 +14,18 @@ import numpy as np
 from .backend import array_module, to_numpy
 
 
-def relative_difference(g, g_num, atol: float = 1e-9) -> float:
+def relative_difference(g, g_num, atol: float = 1e-8) -> float:
     """‖g − g_num‖ / (‖g‖ + ‖g_num‖).
 
-    0 when ‖g − g_num‖ ≤ atol: the float64 rounding noise of a two-sided difference
-    (≈ ε·|J|/h per element) is not a disagreement, and a gradient that is exactly 0 (the
-    bias of a layer followed by BatchNorm) would otherwise score a meaningless 1.
+    0 when ‖g‖ + ‖g_num‖ ≤ atol: both gradients are zero up to the float64 rounding noise of
+    a two-sided difference (≈ ε·|J|/h per element), as for the bias of a layer followed by
+    BatchNorm, where the ratio of two noises would score a meaningless ~1.
     """
     g, g_num = to_numpy(g).ravel(), to_numpy(g_num).ravel()
-    diff = np.linalg.norm(g - g_num)
-    if diff <= atol:
+    denom = np.linalg.norm(g) + np.linalg.norm(g_num)
+    if denom <= atol:
         return 0.0
-    return float(diff / (np.linalg.norm(g) + np.linalg.norm(g_num)))
+    return float(np.linalg.norm(g - g_num) / denom)
 
 
 def verdict(diff: float) -> str:
@@ -60,14 +60,17 @@ class GradCheckResult:
 
     difference: float
     per_param: dict = field(default_factory=dict)
+    norms: dict = field(default_factory=dict)  # name → ‖g‖ (backprop), for context
 
     @property
     def verdict(self) -> str:
         return verdict(self.difference)
 
     def report(self) -> str:
-        rows = [f"{k:>8}  {d:.3e}  {verdict(d)}" for k, d in self.per_param.items()]
-        rows.append(f"{'theta':>8}  {self.difference:.3e}  {self.verdict}")
+        rows = [f"{'param':>8}  {'rel. diff':>9}  {'|g|':>9}  verdict"]
+        rows += [f"{k:>8}  {d:9.3e}  {self.norms.get(k, float('nan')):9.3e}  {verdict(d)}"
+                 for k, d in self.per_param.items()]
+        rows.append(f"{'theta':>8}  {self.difference:9.3e}  {'':>9}  {self.verdict}")
         return "\n".join(rows)
 
 
@@ -91,4 +94,5 @@ def check_network(network, x, t, h: float = 1e-5) -> GradCheckResult:
     g_num = numerical_gradient(lambda: network._loss(x, t, True), network.params.flat, h)
     offsets = network.params.offsets()
     per = {k: relative_difference(g[a:b], g_num[a:b]) for k, (a, b) in offsets.items()}
-    return GradCheckResult(relative_difference(g, g_num), per)
+    norms = {k: float(np.linalg.norm(to_numpy(g[a:b]))) for k, (a, b) in offsets.items()}
+    return GradCheckResult(relative_difference(g, g_num), per, norms)
