@@ -79,8 +79,8 @@ class Trainer:
     Each epoch visits the training set once in a fresh random order (seeded by ``seed``, so
     two trainers with the same seed see the same mini-batches), including the last partial
     batch; ``max_iterations`` stops early. ``schedule(epoch)`` sets ``optimizer.lr`` at the
-    start of each epoch. After every epoch the accuracies are measured on
-    ``evaluate_sample`` samples of each set (all when None). Progress is a bar on a
+    start of each epoch. Every ``evaluate_every`` epochs (and after the last) the accuracies
+    are measured on ``evaluate_sample`` samples of each set (all when None). Progress is a bar on a
     terminal and one line per epoch otherwise; ``verbose=False`` prints nothing.
 
     Reliability:
@@ -104,8 +104,9 @@ class Trainer:
 
     def __init__(self, network, optimizer, x_train, t_train, x_test=None, t_test=None, *,
                  epochs=20, batch_size=100, schedule=None, evaluate_sample=None,
-                 max_iterations=None, seed=None, verbose=True, checkpoint_dir=None,
-                 checkpoint_every=None, resume=None, on_nonfinite="raise"):
+                 evaluate_every=1, max_iterations=None, seed=None, verbose=True,
+                 checkpoint_dir=None, checkpoint_every=None, resume=None,
+                 on_nonfinite="raise"):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
         if not callable(getattr(optimizer, "update", None)):
             raise TypeError(f"optimizer must have an update(params, grads) method, got "
@@ -140,6 +141,7 @@ class Trainer:
         if evaluate_sample is not None:
             checks.positive("evaluate_sample", evaluate_sample, integer=True)
         self.max_iterations, self.evaluate_sample = max_iterations, evaluate_sample
+        self.evaluate_every = checks.positive("evaluate_every", evaluate_every, integer=True)
         self.verbose = verbose
         # Checked and moved to the device once, so the loop itself does no checking.
         self.x_train = network._x(x_train)
@@ -361,16 +363,19 @@ class Trainer:
             # Losses stay on the device until the epoch ends: one transfer, not one per step.
             self._flush(losses)
             frac = (s + self.batch_size) / self.n_train if done else 1.0
-            self.evaluate(round(epoch + min(frac, 1.0), 4))
+            last = done or epoch + 1 >= self.epochs
+            info = {"loss": h.train_loss[-1] if h.train_loss else float("nan")}
+            if last or (epoch + 1) % self.evaluate_every == 0:
+                self.evaluate(round(epoch + min(frac, 1.0), 4))
+                info["train_acc"] = h.train_acc[-1]
+                if h.test_acc:
+                    info["test_acc"] = h.test_acc[-1]
+            elif not bar.tty:
+                bar.enabled = False  # a plain log gets a line per evaluation only
             self.epoch, self.offset = epoch + 1, 0
-            info = {"loss": h.train_loss[-1] if h.train_loss else float("nan"),
-                    "train_acc": h.train_acc[-1]}
-            if h.test_acc:
-                info["test_acc"] = h.test_acc[-1]
             info["lr"] = self.optimizer.lr
             bar.close(**info)
             h.elapsed_s = elapsed0 + time.perf_counter() - start
-            last = done or self.epoch >= self.epochs
             if self.checkpoint_dir is not None and (
                     last or self.epoch % self.checkpoint_every == 0 or sigint.hit):
                 self.save_checkpoint()

@@ -49,6 +49,20 @@ def test_max_iterations_and_schedule(backend):
     assert h.lr == pytest.approx([0.1, 0.1, 0.05, 0.1 / 3])
 
 
+def test_evaluate_every(backend, monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr("sys.stderr", buf)
+    x, t = toy(n=20)
+    net = MultiLayerNet(4, [5], 3, backend=backend, seed=0)
+    h = Trainer(net, optim.SGD(0.1), x, t, x, t, epochs=7, batch_size=5,
+                evaluate_every=3).fit()
+    assert h.epoch == [0, 3, 6, 7]  # every third epoch and the last
+    assert len(h.train_loss) == 28 and len(h.test_acc) == 4
+    assert len(buf.getvalue().splitlines()) == 3  # one plain line per evaluation
+    with pytest.raises(ValueError, match="evaluate_every"):
+        Trainer(net, optim.SGD(0.1), x, t, evaluate_every=0)
+
+
 def test_batchnorm_skips_a_last_batch_of_one(backend):
     x, t = toy(n=9)
     net = MultiLayerNet(4, [5], 3, batchnorm=True, backend=backend, seed=0)
