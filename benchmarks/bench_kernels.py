@@ -181,10 +181,11 @@ def bench_mlp(quick, torch_rows, profile=False):
                *MLP["hidden"], MLP["output_size"]], batch=MLP["batch"], dtype="float32",
                path=out["fused_path"], fused_s=out["fused_s"], reference_s=out["reference_s"],
                speedup_vs_reference=out["reference_s"] / out["fused_s"])
-    tt = torch_rows.get("mlp")
-    if tt is not None:
-        row["torch_s"] = tt
-        row["fused_over_torch"] = out["fused_s"] / tt
+    paired = mlp_rounds(quick, 3 if quick else 7)
+    if paired is not None:  # the ratio from interleaved processes, not from two moments
+        row.update(torch_s=paired["torch"], fused_process_s=paired["accel"],
+                   fused_over_torch=paired["accel"] / paired["torch"],
+                   rounds_s=paired["rounds"])
     if profile:
         row["profile"] = profile_mlp(net, opt, x, t)
     return [row]
@@ -304,6 +305,43 @@ def torch_worker(spec):
     print(json.dumps(res))
 
 
+def mlp_worker(spec):
+    """One MLP-step timing in a fresh process: accel fused or torch (for interleaved rounds)."""
+    if spec["kind"] == "torch":
+        torch_worker(dict(spec, adam_sizes=[], bn_shapes=[]))
+        return
+    from accel import MultiLayerNet, optim
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((MLP["batch"], MLP["input_size"]), dtype=np.float32)
+    t = rng.integers(0, MLP["output_size"], MLP["batch"])
+    net = MultiLayerNet(MLP["input_size"], MLP["hidden"], MLP["output_size"],
+                        dtype=np.float32, backend="numpy", seed=0)
+    opt = optim.Adam(lr=1e-3)
+
+    def step():
+        opt.update(net.params, net._gradient(x, t))
+
+    print(json.dumps({"mlp": median_time(step, 15 if spec["quick"] else 101, warmup=5)}))
+
+
+def mlp_rounds(quick, rounds):
+    """accel vs torch MLP step, each in its own process, alternating ``rounds`` times so both
+    see the same share of a noisy machine; returns medians over rounds (None without torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    times = {"accel": [], "torch": []}
+    for _ in range(rounds):
+        for kind in ("accel", "torch"):
+            spec = json.dumps(dict(kind=kind, quick=quick))
+            res = subprocess.run([sys.executable, __file__, "--mlp-worker", spec],
+                                 capture_output=True, text=True, check=True)
+            times[kind].append(json.loads(res.stdout.strip().splitlines()[-1])["mlp"])
+    return {k: float(np.median(v)) for k, v in times.items()} | {"rounds": times}
+
+
 def run_torch(adam_sizes, bn_shapes, quick):
     try:
         import importlib.util
@@ -376,6 +414,11 @@ def print_table(rows):
               f"{fmt(torch_s if torch_s is not None else float('nan'))}"
               f"{r.get('fused_over_torch', float('nan')):7.2f}")
     for r in rows:
+        if r["op"] == "mlp_step" and "rounds_s" in r:
+            print(f"mlp_step in alternating processes ({len(r['rounds_s']['accel'])} rounds, "
+                  f"medians): accel {r['fused_process_s'] * 1e3:.3f} ms, torch "
+                  f"{r['torch_s'] * 1e3:.3f} ms, ratio {r['fused_over_torch']:.2f}")
+    for r in rows:
         if r["op"] == "compile":
             print(f"compile ({r['cache']}): import accel {r['import_accel_s'] * 1e3:.0f} ms, "
                   f"first Adam call {r['first_adam_call_s']:.2f} s, first BN fwd+bwd "
@@ -390,9 +433,13 @@ def main(argv=None):
                     help="machine name used in the JSON file name")
     ap.add_argument("--profile", action="store_true", help="also time the MLP step's parts")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--mlp-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_worker:
         torch_worker(json.loads(args.torch_worker))
+        return
+    if args.mlp_worker:
+        mlp_worker(json.loads(args.mlp_worker))
         return
 
     load_before = os.getloadavg()[0]
