@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
+
 __all__ = [
     "DATASETS",
     "GENERATED",
@@ -529,12 +531,7 @@ def load(
     name = name.lower()
     if split not in ("both", "train", "test"):
         raise ValueError(f"split={split!r} is not one of 'both', 'train', 'test'")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype={dtype!r} is not a dtype") from exc
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    dt = checks.floating_dtype("dtype", dtype)
 
     if name in IDX_DATASETS:
         extra = {"n_samples": n_samples, "noise": noise, "n_classes": n_classes}

@@ -17,7 +17,6 @@ The JSON of every script has the same shape::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -305,13 +304,20 @@ def train(net, opt, data, *, epochs=None, iterations=None, batch_size=100, seed=
     trainer = accel.Trainer(net, opt, x, t, xt, tt, epochs=epochs, batch_size=batch_size,
                             schedule=schedule, evaluate_sample=evaluate_sample,
                             max_iterations=iterations, seed=seed, verbose=verbose,
-                            **_NONFINITE_OFF)
+                            on_nonfinite=None)  # let divergence show, as the book does
     return trainer.fit()
 
 
-# Trainers with a non-finite guard stop a diverging run by default; these experiments show it.
-_NONFINITE_OFF = ({"on_nonfinite": None}
-                  if "on_nonfinite" in inspect.signature(accel.Trainer).parameters else {})
+def loss_curve_result(h, **extra) -> dict:
+    """A loss-curve experiment's series: the curves and a "final" with the smoothed loss,
+    the mean of the last 100 losses, the accuracies and the training time."""
+    loss, tail = h.train_loss, h.train_loss[-100:]
+    final = {"loss_smoothed": float(smooth(loss)[-1]),
+             "loss_last100_mean": sum(tail) / len(tail),
+             "train_acc": h.train_acc[-1], "test_acc": h.test_acc[-1],
+             "train_s": round(h.elapsed_s, 2)}
+    return {**extra, "train_loss": rounded(loss), "epoch": h.epoch, "train_acc": h.train_acc,
+            "test_acc": h.test_acc, "final": final}
 
 
 def n_classes(*labels) -> int:

@@ -56,15 +56,8 @@ def main(argv=None):
         h = common.train(net, getattr(optim, cls)(**kw), ((x, t), (xt, tt)),
                          iterations=cfg["iterations"], batch_size=cfg["batch_size"],
                          seed=args.seed, evaluate_sample=cfg["evaluate_sample"])
-        loss = h.train_loss
-        tail = loss[-100:]
-        final = {"loss_smoothed": float(common.smooth(loss)[-1]),
-                 "loss_last100_mean": sum(tail) / len(tail),
-                 "train_acc": h.train_acc[-1], "test_acc": h.test_acc[-1],
-                 "train_s": round(h.elapsed_s, 2)}
-        results[label] = {"lr": kw["lr"], "train_loss": common.rounded(loss),
-                          "epoch": h.epoch, "train_acc": h.train_acc, "test_acc": h.test_acc,
-                          "final": final}
+        results[label] = common.loss_curve_result(h, lr=kw["lr"])
+        final = results[label]["final"]
         steps.done(label, loss=final["loss_smoothed"], test_acc=final["test_acc"])
 
     fig = common.loss_figure(

@@ -48,7 +48,7 @@ def objective(params):
                               backend=d["backend"], seed=d["seed"])
     h = accel.Trainer(net, optim.SGD(params["lr"]), x, t, xv, tv, epochs=d["epochs"],
                       batch_size=d["batch_size"], seed=d["seed"], verbose=False,
-                      **common._NONFINITE_OFF).fit()
+                      on_nonfinite=None).fit()
     return h.test_acc[-1], {"val_acc": h.test_acc, "train_acc": h.train_acc,
                             "final_train_acc": h.train_acc[-1]}
 

@@ -15,23 +15,11 @@ dx = γ·invstd/N·(N·dy − Σdy − x̂·Σ(dy·x̂)).
 """
 
 import math
-import types
 
 import numpy as np
 from numba import njit, prange
 
-jit = njit(parallel=True, cache=True, error_model="numpy")
-
-
-def serial(kernel):
-    """The same kernel compiled without threads (prange runs as range), cached under its own
-    name: for small arrays, where waking the thread pool costs more than the loop (and, on a
-    busy machine, can wait for a scheduler time slice)."""
-    py = kernel.py_func
-    fn = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
-                            py.__defaults__, py.__closure__)
-    fn.__qualname__ = py.__qualname__ + "_serial"
-    return njit(cache=True, error_model="numpy")(fn)
+from .cpu_jit import jit, serial
 
 ROWS_PER_CHUNK = 64  # at least this many rows per parallel chunk of the column sums
 MAX_CHUNKS = 64

@@ -9,24 +9,10 @@ float32 math (twice the SIMD lanes of float64) and the same roundings as NumPy's
 """
 
 import math
-import types
 
-from numba import njit, prange
+from numba import prange
 
-# error_model="numpy": a float division by zero gives inf/nan (as NumPy) instead of a Python
-# exception check in the loop, which would stop the loop from vectorizing.
-jit = njit(parallel=True, cache=True, error_model="numpy")
-
-
-def serial(kernel):
-    """The same kernel compiled without threads (prange runs as range), cached under its own
-    name: for small arrays, where waking the thread pool costs more than the loop (and, on a
-    busy machine, can wait for a scheduler time slice)."""
-    py = kernel.py_func
-    fn = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
-                            py.__defaults__, py.__closure__)
-    fn.__qualname__ = py.__qualname__ + "_serial"
-    return njit(cache=True, error_model="numpy")(fn)
+from .cpu_jit import jit, serial
 
 
 @jit
