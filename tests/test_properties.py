@@ -271,3 +271,76 @@ def test_adam_matches_rederivation(b1, b2, eps, folded, decoupled, lr, wd, seed,
             m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
             p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
     _close(params["w"], p)
+
+
+# -- fused kernels vs the xp reference over random sizes, hyperparameters and dtypes
+
+KERNEL_TOL = {np.float32: dict(rtol=2e-6, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+
+unit = st.floats(0.0, 0.99)
+lrs = st.floats(1e-4, 0.5)
+decays = st.sampled_from([0.0, 1e-4, 1e-2])
+OPTIMIZER_STRATEGIES = {
+    "sgd": st.builds(optim.SGD, lr=lrs, weight_decay=decays),
+    "momentum": st.builds(optim.Momentum, lr=lrs, momentum=unit, dampening=unit,
+                          weight_decay=decays),
+    "nesterov": st.builds(optim.Nesterov, lr=lrs, momentum=unit, weight_decay=decays),
+    "adagrad": st.builds(optim.AdaGrad, lr=lrs, eps=st.floats(1e-8, 1e-3),
+                         weight_decay=decays),
+    "rmsprop": st.builds(optim.RMSProp, lr=lrs, decay_rate=unit, eps=st.floats(1e-8, 1e-3),
+                         weight_decay=decays),
+    "adam": st.builds(optim.Adam, lr=lrs, beta1=unit, beta2=unit, eps=st.floats(1e-8, 1e-3),
+                      weight_decay=decays, folded=st.booleans()),
+    "adamw": st.builds(optim.AdamW, lr=lrs, beta1=unit, beta2=unit,
+                       weight_decay=st.floats(0, 0.1)),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), name=st.sampled_from(sorted(OPTIMIZER_STRATEGIES)),
+       size=st.integers(0, 300), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=seeds)
+def test_fused_optimizer_matches_reference(data, name, size, dtype, seed):
+    from accel import dispatch
+
+    opt = data.draw(OPTIMIZER_STRATEGIES[name])
+    twin = type(opt)(**opt.hyperparameters())
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(size).astype(dtype)
+    pf, pr = {"w": p0.copy()}, {"w": p0.copy()}
+    for _ in range(5):
+        g = {"w": rng.standard_normal(size).astype(dtype)}
+        opt.update(pf, g)
+        with dispatch.use("reference"):
+            twin.update(pr, {"w": g["w"].copy()})
+    np.testing.assert_allclose(pf["w"], pr["w"], **KERNEL_TOL[dtype])
+    for a, b in zip(opt.state["w"], twin.state["w"]):
+        np.testing.assert_allclose(a, b, **KERNEL_TOL[dtype])
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 40), d=st.integers(1, 40), dtype=st.sampled_from([np.float32,
+                                                                         np.float64]),
+       momentum=st.floats(0, 0.99), eps=st.floats(1e-6, 1e-2), seed=seeds)
+def test_fused_batchnorm_matches_reference(n, d, dtype, momentum, eps, seed):
+    from accel import dispatch, layers
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d)) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal((n, d)).astype(dtype)
+    gamma, beta = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
+    stats = [np.zeros(d, dtype), np.ones(d, dtype)]
+    ref_stats = [s.copy() for s in stats]
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-10)
+    out, mean, invstd = dispatch.batchnorm_forward_train(x, gamma, beta, *stats, momentum, eps)
+    r_out, r_mean, r_invstd = layers.batchnorm_forward_train(x, gamma, beta, *ref_stats,
+                                                             momentum, eps)
+    for a, b in [(out, r_out), (mean, r_mean), (invstd, r_invstd), *zip(stats, ref_stats)]:
+        np.testing.assert_allclose(a, b, **tol)
+    fused = dispatch.batchnorm_backward(dy, x, gamma, mean, invstd)
+    ref = layers.batchnorm_backward(dy, x, gamma, r_mean, r_invstd)
+    for a, b in zip(fused, ref):
+        np.testing.assert_allclose(a, b, **tol)
+    ev = dispatch.batchnorm_forward_eval(x, gamma, beta, *stats, eps)
+    np.testing.assert_allclose(ev, layers.batchnorm_forward_eval(x, gamma, beta, *ref_stats,
+                                                                 eps), **tol)
