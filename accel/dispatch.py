@@ -144,17 +144,32 @@ def cpu_kernel(kind: str, name: str, size: int):
     return (mod.KERNELS if size >= PARALLEL_MIN else mod.SERIAL).get(name)
 
 
-def launch_cuda(kernel, n: int, *args) -> None:
-    """Launch a grid-stride CUDA kernel over ``n`` items on CuPy's current stream."""
+def launch_cuda(kernel, n: int, *args) -> bool:
+    """Launch a grid-stride CUDA kernel over ``n`` items on CuPy's current stream.
+
+    False (nothing ran) when Numba cannot compile the kernel for this GPU or toolkit: the
+    error is logged once and every later call takes the CuPy reference, so a kernel that
+    fails to build costs speed, not the run.
+    """
+    global _cuda_error
     if n == 0:
-        return
+        return True
     tpb = THREADS_PER_BLOCK
     blocks = max(1, min((n + tpb - 1) // tpb, MAX_BLOCKS))
     stream = _cupy_stream()
-    if stream is None:
-        kernel[blocks, tpb](*args)
-    else:
-        kernel[blocks, tpb, stream](*args)
+    from numba.core.errors import NumbaError
+
+    try:
+        if stream is None:
+            kernel[blocks, tpb](*args)
+        else:
+            kernel[blocks, tpb, stream](*args)
+    except NumbaError as exc:  # typing/lowering/linking: raised before the kernel runs
+        _cuda_error = f"{type(exc).__name__}: {exc}"
+        log.warning("accel: CUDA kernel %s failed to compile (%s); using the CuPy reference",
+                    getattr(kernel, "__name__", kernel), _cuda_error)
+        return False
+    return True
 
 
 def _cupy_stream():
@@ -237,14 +252,16 @@ def optimizer_step(rule, p, g, state=(), scalars=()):
     shape, dtype = p.shape, p.dtype
     written = [_written("p", p, dtype, shape)]
     written += [_written(f"state[{k}]", s, dtype, shape) for k, s in enumerate(state)]
-    g = _read("g", g, dtype, shape).reshape(-1)
+    g_flat = _read("g", g, dtype, shape).reshape(-1)
     flat = [w.reshape(-1) for w, _ in written]
     scalars = tuple(float(s) for s in scalars)  # one compiled signature per dtype
-    _record(name, target)
     if target == "cpu":
-        kernel(flat[0], g, *flat[1:], *scalars)
-    else:
-        launch_cuda(kernel, p.size, flat[0], g, *flat[1:], *scalars)
+        kernel(flat[0], g_flat, *flat[1:], *scalars)
+    elif not launch_cuda(kernel, p.size, flat[0], g_flat, *flat[1:], *scalars):
+        _record(name, "reference")
+        rule(p, g, *state, *scalars)
+        return
+    _record(name, target)
     _copy_back(written)
 
 
@@ -285,11 +302,13 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum,
     args = (x, gamma, beta, written[0][0], written[1][0], float(momentum), float(eps),
             out, mean, invstd)
     kernel = _bn_kernel(target, "batchnorm_forward_train", n * d)
-    _record("batchnorm_forward_train", target)
     if target == "cpu":
         kernel(*args)
-    else:
-        launch_cuda(kernel, d, *args)
+    elif not launch_cuda(kernel, d, *args):
+        _record("batchnorm_forward_train", "reference")
+        return layers.batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
+                                              momentum, eps)
+    _record("batchnorm_forward_train", target)
     _copy_back(written)
     return out, mean, invstd
 
@@ -309,11 +328,12 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
               ("running_var", running_var))]
     out = xp.empty((n, d), dtype)
     kernel = _bn_kernel(target, "batchnorm_forward_eval", n * d)
-    _record("batchnorm_forward_eval", target)
     if target == "cpu":
         kernel(*args, float(eps), out)
-    else:
-        launch_cuda(kernel, n * d, *args, float(eps), out)
+    elif not launch_cuda(kernel, n * d, *args, float(eps), out):
+        _record("batchnorm_forward_eval", "reference")
+        return layers.batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps)
+    _record("batchnorm_forward_eval", target)
     return out
 
 
@@ -331,9 +351,10 @@ def batchnorm_backward(dy, x, gamma, mean, invstd):
              (("gamma", gamma), ("mean", mean), ("invstd", invstd))]
     dx, dgamma, dbeta = xp.empty((n, d), dtype), xp.empty(d, dtype), xp.empty(d, dtype)
     kernel = _bn_kernel(target, "batchnorm_backward", n * d)
-    _record("batchnorm_backward", target)
     if target == "cpu":
         kernel(*args, dx, dgamma, dbeta)
-    else:
-        launch_cuda(kernel, d, *args, dx, dgamma, dbeta)
+    elif not launch_cuda(kernel, d, *args, dx, dgamma, dbeta):
+        _record("batchnorm_backward", "reference")
+        return layers.batchnorm_backward(dy, x, gamma, mean, invstd)
+    _record("batchnorm_backward", target)
     return dx, dgamma, dbeta

@@ -279,3 +279,34 @@ def test_batchnorm_layer_takes_the_kernels():
     assert_close(fused.dgamma, ref.dgamma, rtol=2e-4, atol=2e-4)
     assert_close(fused.running_var, ref.running_var, rtol=1e-5)
     assert_close(fused.forward(x), ref.forward(x), rtol=2e-5, atol=2e-5)
+
+
+def test_cuda_compile_failure_falls_back_to_the_reference(monkeypatch, caplog):
+    """A CUDA kernel Numba cannot build costs speed, not the run: logged, reference used."""
+    from numba.core.errors import TypingError
+
+    class Unbuildable:
+        __name__ = "adam"
+
+        def __getitem__(self, launch):
+            def run(*args):
+                raise TypingError("cannot type this kernel")
+            return run
+
+    monkeypatch.setattr(dispatch, "_cuda_error", None)
+    monkeypatch.setattr(dispatch, "_cupy_stream", lambda: None)
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal((6, 5))
+    g = rng.standard_normal((6, 5))
+    expected, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0)
+    optim.adam(expected, g, m.copy(), v.copy(), *scalars)
+    assert not dispatch.launch_cuda(Unbuildable(), 30, p, g)
+    assert "failed to compile" in caplog.text and dispatch._cuda_error.startswith("TypingError")
+    # the optimizer path: a kernel that fails to build leaves the reference to do the step
+    monkeypatch.setattr(dispatch, "_target", lambda a: "cuda")
+    monkeypatch.setattr(dispatch, "kernels", lambda kind, target: type(
+        "M", (), {"KERNELS": {"adam": Unbuildable()}}))
+    dispatch.optimizer_step(optim.adam, p, g, (m, v), scalars)
+    assert dispatch.last_path("adam") == "reference"
+    np.testing.assert_array_equal(p, expected)
