@@ -3,7 +3,17 @@
 Importing accel compiles nothing: the Numba kernels compile (or load from cache) on first use.
 """
 
-from . import datasets, ewma, gradcheck, initializers, layers, optim, preprocessing, schedules
+from . import (
+    datasets,
+    ewma,
+    gradcheck,
+    initializers,
+    layers,
+    optim,
+    preprocessing,
+    schedules,
+    search,
+)
 from .backend import array_module, get_backend, to_device, to_numpy
 from .network import MultiLayerNet
 from .trainer import History, Trainer
@@ -12,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "array_module", "get_backend", "to_device", "to_numpy", "MultiLayerNet", "Trainer",
     "History", "datasets", "ewma", "gradcheck", "initializers", "layers", "optim",
-    "preprocessing", "schedules",
+    "preprocessing", "schedules", "search",
 ]
