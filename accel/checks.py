@@ -25,6 +25,15 @@ def positive(name: str, value, *, integer: bool = False):
     return value
 
 
+def seed(name: str, value):
+    """None or an int >= 0 (what every generator in accel accepts as a seed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+    return int(value)
+
+
 def non_negative(name: str, value):
     """``value`` >= 0 and finite."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

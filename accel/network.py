@@ -65,7 +65,7 @@ class MultiLayerNet:
         self.grads = allocate(xp, shapes, self.dtype, layout)
         self.n_weights = sum(self.params[f"W{i}"].size for i in range(1, len(sizes)))
 
-        self.rng = self.backend.rng(seed)
+        self.rng = self.backend.rng(checks.seed("seed", seed))
         for i in range(1, len(sizes)):
             self.params[f"W{i}"] = init_weight(self.rng, weight_init, sizes[i - 1], sizes[i],
                                                self.dtype)

@@ -152,7 +152,7 @@ class Trainer:
         if x_test is not None:
             self.x_test = network._x(x_test)
             self.t_test = network._t(t_test, self.x_test.shape[0])
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(checks.seed("seed", seed))
         self.history = History()
         self.epoch, self.offset = 0, 0  # where the next step starts: epoch, sample index
         self._epoch_rng_state = None  # the shuffling state before this epoch's permutation

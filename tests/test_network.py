@@ -148,6 +148,8 @@ def test_bad_input_names_argument_and_value(backend, xp):
     (dict(weight_decay=-0.1), "weight_decay"),
     (dict(dtype=np.int32), "dtype"),
     (dict(backend="torch"), "backend='torch'"),
+    (dict(seed=-1), "seed must be None or an int >= 0, got -1"),
+    (dict(seed="abc"), "seed must be None or an int >= 0, got 'abc'"),
 ])
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
