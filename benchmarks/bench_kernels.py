@@ -116,12 +116,16 @@ def bench_adam(sizes, quick, torch_rows):
                    roofline_s=roof, fraction_of_roofline=roof / fused,
                    fused_GBps=nbytes / fused / 1e9, roofline_GBps=nbytes / roof / 1e9,
                    speedup_vs_reference=ref / fused)
-        t = torch_rows.get(f"adam/{n}")
-        if t is not None:
-            row["torch_fused_s"] = t
-            row["fused_over_torch"] = fused / t
-        rows.append(row)
+        rows.append(_with_torch(row, torch_rows.get(f"adam/{n}"), "torch_fused_s"))
     return rows
+
+
+def _with_torch(row, torch_s, key):
+    """``row`` with torch's time under ``key`` and the fused/torch ratio, when torch ran."""
+    if torch_s is not None:
+        row[key] = torch_s
+        row["fused_over_torch"] = row["fused_s"] / torch_s
+    return row
 
 
 def bench_bn(shapes, quick, torch_rows):
@@ -151,11 +155,7 @@ def bench_bn(shapes, quick, torch_rows):
                    reference_s=ref, fused_s=fused, roofline_s=roof,
                    fraction_of_roofline=roof / fused, fused_GBps=nbytes / fused / 1e9,
                    speedup_vs_reference=ref / fused)
-        t = torch_rows.get(f"bn/{n}x{d}")
-        if t is not None:
-            row["torch_s"] = t
-            row["fused_over_torch"] = fused / t
-        rows.append(row)
+        rows.append(_with_torch(row, torch_rows.get(f"bn/{n}x{d}"), "torch_s"))
     return rows
 
 
@@ -284,6 +284,9 @@ def torch_worker(spec):
         with torch.no_grad():
             res[f"bn/{n}x{d}"] = median_time(fwd_bwd, _reps(n * d, spec["quick"]),
                                              min_time=0.2)
+    if not spec.get("mlp", True):
+        print(json.dumps(res))
+        return
     sizes = [MLP["input_size"], *MLP["hidden"], MLP["output_size"]]
     mods = []
     for i in range(len(sizes) - 1):
@@ -350,7 +353,8 @@ def run_torch(adam_sizes, bn_shapes, quick):
             return {}, "torch is not installed"
     except Exception as exc:  # noqa: BLE001
         return {}, f"torch not importable: {exc}"
-    spec = json.dumps(dict(adam_sizes=adam_sizes, bn_shapes=bn_shapes, quick=quick))
+    spec = json.dumps(dict(adam_sizes=adam_sizes, bn_shapes=bn_shapes, quick=quick,
+                           mlp=False))
     res = subprocess.run([sys.executable, __file__, "--torch-worker", spec],
                          capture_output=True, text=True)
     if res.returncode != 0:
