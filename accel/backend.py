@@ -113,10 +113,15 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
     return backend
 
 
+def is_cupy(a) -> bool:
+    """True for a CuPy array (checked by its type's module: CuPy is never imported here)."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
 def array_module(*arrays):
     """numpy or cupy, whichever the arrays live on (like ``cupy.get_array_module``)."""
     for a in arrays:
-        if type(a).__module__.split(".")[0] == "cupy":
+        if is_cupy(a):
             import cupy
 
             return cupy
@@ -131,7 +136,7 @@ def backend_of(*arrays) -> Backend:
 
 def to_numpy(a):
     """A NumPy copy of a CuPy array; NumPy arrays and Python data are returned as arrays."""
-    if type(a).__module__.split(".")[0] == "cupy":
+    if is_cupy(a):
         return a.get()
     return np.asarray(a)
 

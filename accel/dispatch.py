@@ -5,29 +5,36 @@
   CuPy's current stream;
 - the environment variable ``ACCEL_KERNELS=reference`` (or ``with dispatch.use("reference")``),
   other array types (or dtypes such as float16), or CuPy without a working ``numba.cuda``
-  → the ``xp`` reference functions in ``accel.optim`` / ``accel.layers``.
+  → the reference function in ``accel.functional``.
 
-The functions here take exactly the reference's arguments. Kernel modules are imported on
-first use, so importing accel compiles nothing. ``last_path(op)`` tells which path the last
-call of ``op`` took ("cpu", "cuda" or "reference") and ``calls()`` counts calls per
-(op, path); the benchmarks print them, and the first use of each (op, path) is logged at INFO
-level on the "accel.dispatch" logger.
+``OPS`` pairs each reference function with its kernels, explicitly; ``call`` runs any of them
+the same way, and the op functions below are that call with the reference's arguments.
+Kernel modules are imported on first use, so importing accel compiles nothing.
+``last_path(op)`` tells which path the last call of ``op`` took ("cpu", "cuda" or
+"reference") and ``calls()`` counts calls per (op, path); the benchmarks print them, and the
+first use of each (op, path) is logged at INFO level on the "accel.dispatch" logger.
 
-Input the kernels cannot take as is is never used silently wrong: read-only inputs that are
-not C-contiguous, or of the other float dtype, are copied; arrays the kernel writes (the
-parameters, optimizer state, running statistics) that are not C-contiguous are copied and
-written back; written arrays of the wrong dtype are refused with a TypeError.
+Input is checked the same way on both paths and is never used silently wrong: shapes must
+match; read-only inputs that are not C-contiguous, or of the other float dtype, are copied;
+arrays the kernel writes (parameters, optimizer state, running statistics) must have the
+dtype of the first argument, and when not C-contiguous are copied and written back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+
+from . import functional as F
+from .backend import array_module, is_cupy
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +45,75 @@ FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # costs ~10 µs idle, a scheduler time slice when the cores are busy, e.g. with BLAS threads).
 PARALLEL_MIN = 1 << 18
 
-# CUDA launch shape: grid-stride loops, so any grid covers any size.
-THREADS_PER_BLOCK = 256
-MAX_BLOCKS = 4096
-
 _override: str | None = None
 _last: dict[str, str] = {}
 _calls: Counter = Counter()
 _modules: dict[str, object] = {}
 _cuda_error: str | None = None
+
+
+# -- the table: reference function → kernels
+
+
+@dataclass(frozen=True)
+class Op:
+    """A reference function and its kernels ``accel.kernels.<family>_{cpu,cuda}.<kernel>``.
+
+    The kernels take the reference's array arguments, then its scalars, then ``outputs``:
+    arrays they fill and the op returns. ``reads`` are the positions of the read-only array
+    arguments; every other array argument is updated in place. ``shapes(arrays)`` is the
+    shape each array argument must have; ``outputs(arrays)`` the shapes of the outputs.
+    """
+
+    family: str
+    kernel: str
+    reads: tuple
+    shapes: Callable
+    outputs: Callable = lambda arrays: ()
+    rows: bool = False  # (N, D) input: no rows → the reference (its NaN statistics)
+    flat: bool = False  # elementwise: the kernel takes the arrays as 1-D views
+
+
+def _like_first(arrays):
+    return [arrays[0].shape] * len(arrays)
+
+
+def _matrix_and_vectors(*kinds):
+    """Shapes for an (N, D) op: "x" arguments are (N, D), "d" arguments (D,)."""
+    def shapes(arrays):
+        x = arrays[kinds.index("x")]
+        if x.ndim != 2:
+            raise ValueError(f"batch norm kernels take x of shape (N, D), got {x.shape}")
+        return [x.shape if k == "x" else x.shape[1:] for k in kinds]
+    return shapes
+
+
+def _bn_outputs(*kinds):
+    def outputs(arrays):
+        n, d = arrays[0].shape
+        return [(n, d) if k == "x" else (d,) for k in kinds]
+    return outputs
+
+
+OPS: dict[Callable, Op] = {
+    F.sgd: Op("optim", "sgd", reads=(1,), shapes=_like_first, flat=True),
+    F.momentum: Op("optim", "momentum", reads=(1,), shapes=_like_first, flat=True),
+    F.nesterov: Op("optim", "nesterov", reads=(1,), shapes=_like_first, flat=True),
+    F.adagrad: Op("optim", "adagrad", reads=(1,), shapes=_like_first, flat=True),
+    F.rmsprop: Op("optim", "rmsprop", reads=(1,), shapes=_like_first, flat=True),
+    F.adam: Op("optim", "adam", reads=(1,), shapes=_like_first, flat=True),
+    F.batchnorm_forward_train: Op(
+        "batchnorm", "batchnorm_forward_train", reads=(0, 1, 2),
+        shapes=_matrix_and_vectors("x", "d", "d", "d", "d"),
+        outputs=_bn_outputs("x", "d", "d"), rows=True),
+    F.batchnorm_forward_eval: Op(
+        "batchnorm", "batchnorm_forward_eval", reads=(0, 1, 2, 3, 4),
+        shapes=_matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_bn_outputs("x")),
+    F.batchnorm_backward: Op(
+        "batchnorm", "batchnorm_backward", reads=(0, 1, 2, 3, 4),
+        shapes=_matrix_and_vectors("x", "x", "d", "d", "d"),
+        outputs=_bn_outputs("x", "d", "d")),
+}
 
 
 # -- the switch
@@ -102,12 +169,12 @@ def _record(op: str, path: str) -> None:
 
 def _target(a) -> str | None:
     """"cpu", "cuda" or None (reference) for an array, from the switch and its type."""
-    if mode() == "reference":
+    if mode() == "reference" or a.dtype not in FUSED_DTYPES:
         return None
     if type(a) is np.ndarray:
-        return "cpu" if a.dtype in FUSED_DTYPES else None
-    if type(a).__module__.split(".")[0] == "cupy":
-        return "cuda" if a.dtype in FUSED_DTYPES and _cuda_ok() else None
+        return "cpu"
+    if is_cupy(a):
+        return "cuda" if _cuda_ok() else None
     return None
 
 
@@ -128,42 +195,42 @@ def _cuda_ok() -> bool:
         return False
 
 
-def kernels(kind: str, target: str):
-    """The kernel module ``accel.kernels.<kind>_<target>`` (imported, not compiled, here)."""
-    name = f"{kind}_{target}"
+def kernels(family: str, target: str):
+    """The kernel module ``accel.kernels.<family>_<target>`` (imported, not compiled, here)."""
+    name = f"{family}_{target}"
     mod = _modules.get(name)
     if mod is None:
         mod = _modules[name] = importlib.import_module(f"accel.kernels.{name}")
     return mod
 
 
-def cpu_kernel(kind: str, name: str, size: int):
-    """The CPU kernel ``name`` of ``accel.kernels.<kind>_cpu``: the parallel compile for
-    ``size`` ≥ PARALLEL_MIN elements, else the serial one (None when there is no kernel)."""
-    mod = kernels(kind, "cpu")
-    return (mod.KERNELS if size >= PARALLEL_MIN else mod.SERIAL).get(name)
+def _kernel(op: Op, target: str, size: int):
+    """The kernel of ``op`` for ``target``; on the CPU the serial compile below
+    PARALLEL_MIN elements. None when the module has no such kernel."""
+    mod = kernels(op.family, target)
+    table = mod.SERIAL if target == "cpu" and size < PARALLEL_MIN else mod.KERNELS
+    return table.get(op.kernel)
 
 
-def launch_cuda(kernel, n: int, *args) -> bool:
-    """Launch a grid-stride CUDA kernel over ``n`` items on CuPy's current stream.
+def launch_cuda(kernel, launch, *args) -> bool:
+    """Launch a CUDA kernel with ``launch`` = (blocks, threads) on CuPy's current stream.
 
     False (nothing ran) when Numba cannot compile the kernel for this GPU or toolkit: the
     error is logged once and every later call takes the CuPy reference, so a kernel that
     fails to build costs speed, not the run.
     """
     global _cuda_error
-    if n == 0:
+    blocks, threads = launch
+    if not blocks:
         return True
-    tpb = THREADS_PER_BLOCK
-    blocks = max(1, min((n + tpb - 1) // tpb, MAX_BLOCKS))
     stream = _cupy_stream()
     from numba.core.errors import NumbaError
 
     try:
         if stream is None:
-            kernel[blocks, tpb](*args)
+            kernel[blocks, threads](*args)
         else:
-            kernel[blocks, tpb, stream](*args)
+            kernel[blocks, threads, stream](*args)
     except NumbaError as exc:  # typing/lowering/linking: raised before the kernel runs
         _cuda_error = f"{type(exc).__name__}: {exc}"
         log.warning("accel: CUDA kernel %s failed to compile (%s); using the CuPy reference",
@@ -186,175 +253,98 @@ def _cupy_stream():
     return cuda.external_stream(ptr)
 
 
-# -- argument preparation
+# -- argument preparation (both paths)
 
 
-def _check_float(name, a):
-    if a.dtype.kind != "f":
-        raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
+_NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
 
 
-def _read(name, a, dtype, shape):
-    """A read-only input as a C-contiguous array of ``dtype`` (copied only if it must be)."""
-    if a.shape != shape:
-        raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-    _check_float(name, a)
-    xp = np if type(a) is np.ndarray else _xp(a)
-    return xp.ascontiguousarray(a, dtype=dtype)
+def _prepare(op: Op, names, arrays):
+    """Check every array argument; returns (arrays for the kernel, [(copy, original)])."""
+    for name, a in zip(names, arrays):
+        if not hasattr(a, "dtype") or a.dtype.kind != "f":
+            raise TypeError(f"{name} must be a float array, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)}")
+    dtype = arrays[0].dtype
+    shapes = op.shapes(arrays)
+    out, written = [], []
+    for i, (name, a, shape) in enumerate(zip(names, arrays, shapes)):
+        if a.shape != shape:
+            raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+        xp = array_module(a)
+        if i in op.reads:
+            out.append(xp.ascontiguousarray(a, dtype=dtype))
+            continue
+        if a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype}; it is updated in place and must "
+                            f"have the dtype of {names[0]}, {dtype}")
+        if a.flags.c_contiguous:
+            out.append(a)
+        else:
+            tmp = xp.ascontiguousarray(a)
+            out.append(tmp)
+            written.append((tmp, a))
+    return out, written
 
 
-def _written(name, a, dtype, shape):
-    """An array the kernel updates in place: (array to pass, original to copy back or None)."""
-    if a.shape != shape:
-        raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}; the fused kernel updates it in place "
-                        f"and needs {dtype} (the dtype of the parameters/input)")
-    if a.flags.c_contiguous:
-        return a, None
-    return _xp(a).ascontiguousarray(a), a
+# -- the one runner
 
 
-def _xp(a):
-    if type(a) is np.ndarray:
-        return np
-    import cupy
+def call(reference, *arrays, scalars=(), target=None, names=None):
+    """``reference(*arrays, *scalars)`` on the path the arrays call for (``target`` forces
+    "cpu" or "cuda", for tests); returns what the reference returns."""
+    op = OPS[reference]
+    names = names or _NAMES[reference]
+    prepared, written = _prepare(op, names, arrays)
+    scalars = tuple(float(s) for s in scalars)  # one compiled signature per dtype
+    if target is None:
+        target = _target(arrays[0])
+    kernel = None
+    if target is not None and not (op.rows and arrays[0].shape[0] == 0):
+        kernel = _kernel(op, target, arrays[0].size)
+    if kernel is not None:
+        xp = array_module(prepared[0])
+        outputs = [xp.empty(s, prepared[0].dtype) for s in op.outputs(prepared)]
+        arrays_in = [a.reshape(-1) for a in prepared] if op.flat else prepared
+        args = (*arrays_in, *scalars, *outputs)
+        if target == "cpu":
+            kernel(*args)
+            ran = True
+        else:
+            ran = launch_cuda(kernel, kernels(op.family, target).launch(op.kernel, *arrays_in),
+                              *args)
+        if ran:
+            _record(op.kernel, target)
+            for tmp, orig in written:
+                orig[...] = tmp
+            return None if not outputs else outputs[0] if len(outputs) == 1 else tuple(outputs)
+    _record(op.kernel, "reference")
+    reads = [p if i in op.reads else a for i, (a, p) in enumerate(zip(arrays, prepared))]
+    return reference(*reads, *scalars)
 
-    return cupy
 
-
-def _copy_back(pairs):
-    for tmp, orig in pairs:
-        if orig is not None:
-            orig[...] = tmp
-
-
-# -- optimizer updates
+# -- the ops, with the reference's arguments
 
 
 def optimizer_step(rule, p, g, state=(), scalars=()):
-    """``rule(p, g, *state, *scalars)`` (a reference function of ``accel.optim``) on the
-    path the arrays call for; updates ``p`` and ``state`` in place."""
-    name = rule.__name__
-    target = _target(p)
-    if target is None:
-        _record(name, "reference")
-        rule(p, g, *state, *scalars)
-        return
-    if target == "cpu":
-        kernel = cpu_kernel("optim", name, p.size)
-    else:
-        kernel = kernels("optim", target).KERNELS.get(name)
-    if kernel is None:
-        _record(name, "reference")
-        rule(p, g, *state, *scalars)
-        return
-    shape, dtype = p.shape, p.dtype
-    written = [_written("p", p, dtype, shape)]
-    written += [_written(f"state[{k}]", s, dtype, shape) for k, s in enumerate(state)]
-    g_flat = _read("g", g, dtype, shape).reshape(-1)
-    flat = [w.reshape(-1) for w, _ in written]
-    scalars = tuple(float(s) for s in scalars)  # one compiled signature per dtype
-    if target == "cpu":
-        kernel(flat[0], g_flat, *flat[1:], *scalars)
-    elif not launch_cuda(kernel, p.size, flat[0], g_flat, *flat[1:], *scalars):
-        _record(name, "reference")
-        rule(p, g, *state, *scalars)
-        return
-    _record(name, target)
-    _copy_back(written)
-
-
-# -- batch normalization
-
-
-def _bn_target(x):
-    target = _target(x)
-    if target is not None and x.ndim != 2:
-        raise ValueError(f"batch norm kernels take x of shape (N, D), got {x.shape}")
-    if target is not None and x.shape[0] == 0:
-        return None  # no rows: the reference's empty output and NaN statistics
-    return target
-
-
-def _bn_kernel(target, name, size):
-    if target == "cpu":
-        return cpu_kernel("batchnorm", name, size)
-    return getattr(kernels("batchnorm", target), name)
+    """``rule(p, g, *state, *scalars)`` (an optimizer rule of ``accel.functional``);
+    updates ``p`` and ``state`` in place."""
+    names = ["p", "g", *(f"state[{k}]" for k in range(len(state)))]
+    call(rule, p, g, *state, scalars=scalars, names=names)
 
 
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):
-    """As ``accel.layers.batchnorm_forward_train``: returns (out, mean, invstd) and updates
-    the running statistics in place."""
-    from . import layers
-
-    target = _bn_target(x)
-    if target is None:
-        _record("batchnorm_forward_train", "reference")
-        return layers.batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
-                                              momentum, eps)
-    xp, dtype, (n, d) = _xp(x), x.dtype, x.shape
-    x = _read("x", x, dtype, (n, d))
-    gamma, beta = _read("gamma", gamma, dtype, (d,)), _read("beta", beta, dtype, (d,))
-    written = [_written("running_mean", running_mean, dtype, (d,)),
-               _written("running_var", running_var, dtype, (d,))]
-    out, mean, invstd = xp.empty((n, d), dtype), xp.empty(d, dtype), xp.empty(d, dtype)
-    args = (x, gamma, beta, written[0][0], written[1][0], float(momentum), float(eps),
-            out, mean, invstd)
-    kernel = _bn_kernel(target, "batchnorm_forward_train", n * d)
-    if target == "cpu":
-        kernel(*args)
-    elif not launch_cuda(kernel, d, *args):
-        _record("batchnorm_forward_train", "reference")
-        return layers.batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
-                                              momentum, eps)
-    _record("batchnorm_forward_train", target)
-    _copy_back(written)
-    return out, mean, invstd
+    """As ``functional.batchnorm_forward_train``: (out, mean, invstd); running stats in place."""
+    return call(F.batchnorm_forward_train, x, gamma, beta, running_mean, running_var,
+                scalars=(momentum, eps))
 
 
 def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
-    """As ``accel.layers.batchnorm_forward_eval``: returns out."""
-    from . import layers
-
-    target = _bn_target(x)
-    if target is None:
-        _record("batchnorm_forward_eval", "reference")
-        return layers.batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps)
-    xp, dtype, (n, d) = _xp(x), x.dtype, x.shape
-    args = [_read("x", x, dtype, (n, d))]
-    args += [_read(k, a, dtype, (d,)) for k, a in
-             (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
-              ("running_var", running_var))]
-    out = xp.empty((n, d), dtype)
-    kernel = _bn_kernel(target, "batchnorm_forward_eval", n * d)
-    if target == "cpu":
-        kernel(*args, float(eps), out)
-    elif not launch_cuda(kernel, n * d, *args, float(eps), out):
-        _record("batchnorm_forward_eval", "reference")
-        return layers.batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps)
-    _record("batchnorm_forward_eval", target)
-    return out
+    """As ``functional.batchnorm_forward_eval``: out."""
+    return call(F.batchnorm_forward_eval, x, gamma, beta, running_mean, running_var,
+                scalars=(eps,))
 
 
 def batchnorm_backward(dy, x, gamma, mean, invstd):
-    """As ``accel.layers.batchnorm_backward``: returns (dx, dgamma, dbeta)."""
-    from . import layers
-
-    target = _bn_target(x)
-    if target is None:
-        _record("batchnorm_backward", "reference")
-        return layers.batchnorm_backward(dy, x, gamma, mean, invstd)
-    xp, dtype, (n, d) = _xp(x), x.dtype, x.shape
-    args = [_read("dy", dy, dtype, (n, d)), _read("x", x, dtype, (n, d))]
-    args += [_read(k, a, dtype, (d,)) for k, a in
-             (("gamma", gamma), ("mean", mean), ("invstd", invstd))]
-    dx, dgamma, dbeta = xp.empty((n, d), dtype), xp.empty(d, dtype), xp.empty(d, dtype)
-    kernel = _bn_kernel(target, "batchnorm_backward", n * d)
-    if target == "cpu":
-        kernel(*args, dx, dgamma, dbeta)
-    elif not launch_cuda(kernel, d, *args, dx, dgamma, dbeta):
-        _record("batchnorm_backward", "reference")
-        return layers.batchnorm_backward(dy, x, gamma, mean, invstd)
-    _record("batchnorm_backward", target)
-    return dx, dgamma, dbeta
+    """As ``functional.batchnorm_backward``: (dx, dgamma, dbeta)."""
+    return call(F.batchnorm_backward, dy, x, gamma, mean, invstd)

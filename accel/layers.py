@@ -137,54 +137,14 @@ class Dropout:
         return dout * self.mask
 
 
-# -- batch normalization: reference math (the ground truth the fused kernels are tested against)
-
-
-def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):
-    """Normalize (N, D) by batch statistics; update running stats in place.
-
-    mean = Σx/N, var = Σ(x−mean)²/N (biased), invstd = 1/√(var+ε), out = γ·(x−mean)·invstd + β;
-    running ← momentum·running + (1−momentum)·batch. Returns (out, mean, invstd).
-    """
-    xp = array_module(x)
-    mean = x.mean(axis=0)
-    xc = x - mean
-    var = (xc * xc).mean(axis=0)
-    invstd = 1 / xp.sqrt(var + eps)
-    running_mean *= momentum
-    running_mean += (1 - momentum) * mean
-    running_var *= momentum
-    running_var += (1 - momentum) * var
-    return xc * (gamma * invstd) + beta, mean, invstd
-
-
-def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
-    """out = γ·(x − running_mean)/√(running_var + ε) + β."""
-    xp = array_module(x)
-    scale = gamma / xp.sqrt(running_var + eps)
-    return (x - running_mean) * scale + beta
-
-
-def batchnorm_backward(dy, x, gamma, mean, invstd):
-    """Gradients of batch norm: returns (dx, dgamma, dbeta).
-
-    x̂ = (x − mean)·invstd; dβ = Σdy; dγ = Σdy·x̂; dx = γ·invstd/N·(N·dy − Σdy − x̂·Σ(dy·x̂)).
-    """
-    n = x.shape[0]
-    xhat = (x - mean) * invstd
-    dbeta = dy.sum(axis=0)
-    dgamma = (dy * xhat).sum(axis=0)
-    dx = (gamma * invstd / n) * (n * dy - dbeta - xhat * dgamma)
-    return dx, dgamma, dbeta
-
-
 class BatchNorm:
     """Batch normalization over the features of (N, D) input (higher ranks flattened).
 
     Training normalizes by the batch mean and biased variance and updates the running averages
     (running ← momentum·running + (1 − momentum)·batch; the book's momentum 0.9 is PyTorch's
-    0.1); evaluation uses the running averages. The math runs in the fused kernel or the
-    reference functions above, as ``accel.dispatch`` decides.
+    0.1); evaluation uses the running averages. The math is ``accel.functional``'s
+    batchnorm_* (formulas there), run as the fused kernel or that reference, as
+    ``accel.dispatch`` decides.
     """
 
     def __init__(self, gamma, beta, momentum: float = 0.9, eps: float = 1e-5,

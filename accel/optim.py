@@ -1,8 +1,9 @@
 """Optimizers with the book's interface: ``update(params, grads)`` changes ``params`` in place.
 
-Each optimizer's math is one function below (the ``xp`` reference, the ground truth the fused
-kernels are tested against) taking (param, grad, *state, *scalars); scalars that depend only
-on the step (bias corrections) are computed once per step on the host. When ``params`` and
+Each optimizer's math is one rule of ``accel.functional`` (the ``xp`` reference, the ground
+truth the fused kernels are tested against) taking (param, grad, *state, *scalars); an
+optimizer class holds the hyperparameters and state and computes the scalars that depend only
+on the step (bias corrections) once per step on the host. When ``params`` and
 ``grads`` are a network's flat buffers (they have ``.flat``), a step is one call over the whole
 model; otherwise one call per array. ``lr`` may be changed between steps.
 
@@ -17,78 +18,8 @@ import math
 import numbers
 
 from . import checks, dispatch
+from . import functional as F
 from .backend import array_module, get_backend
-
-# -- reference math: one function per rule, updating p and the state arrays in place
-
-
-def sgd(p, g, lr, wd):
-    """p ← p − lr·(g + wd·p)."""
-    if wd:
-        g = g + wd * p
-    p -= lr * g
-
-
-def momentum(p, g, v, lr, mu, dampening, wd):
-    """v ← μ·v + (1 − dampening)·g; p ← p − lr·v.
-
-    dampening=0 is the book's v ← μv − lr·g (the same steps while lr is constant);
-    dampening=μ is the course's EMA form v ← βv + (1 − β)g.
-    """
-    if wd:
-        g = g + wd * p
-    v *= mu
-    v += (1 - dampening) * g
-    p -= lr * v
-
-
-def nesterov(p, g, v, lr, mu, wd):
-    """The book's Nesterov: v ← μv − lr·g; p ← p + μ²·v − (1 + μ)·lr·g."""
-    if wd:
-        g = g + wd * p
-    v *= mu
-    v -= lr * g
-    p += mu * mu * v
-    p -= (1 + mu) * lr * g
-
-
-def adagrad(p, g, h, lr, eps, wd):
-    """h ← h + g²; p ← p − lr·g / (√h + ε)."""
-    xp = array_module(p)
-    if wd:
-        g = g + wd * p
-    h += g * g
-    p -= lr * g / (xp.sqrt(h) + eps)
-
-
-def rmsprop(p, g, h, lr, decay_rate, eps, wd):
-    """h ← ρ·h + (1 − ρ)·g²; p ← p − lr·g / (√h + ε)."""
-    xp = array_module(p)
-    if wd:
-        g = g + wd * p
-    h *= decay_rate
-    h += (1 - decay_rate) * g * g
-    p -= lr * g / (xp.sqrt(h) + eps)
-
-
-def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
-    """m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²; p ← shrink·p − step_size·m / (c2·√v + ε).
-
-    Standard form (torch.optim.Adam): step_size = lr/(1 − β1ᵗ), c2 = 1/√(1 − β2ᵗ), i.e.
-    p ← p − lr·m̂ / (√v̂ + ε). The book's folded form: step_size = lr·√(1 − β2ᵗ)/(1 − β1ᵗ),
-    c2 = 1. shrink = 1 − lr·wd_decoupled (AdamW), else 1.
-    """
-    xp = array_module(p)
-    if wd:
-        g = g + wd * p
-    if shrink != 1:
-        p *= shrink
-    m *= beta1
-    m += (1 - beta1) * g
-    v *= beta2
-    v += (1 - beta2) * g * g
-    p -= step_size * m / (c2 * xp.sqrt(v) + eps)
-
 
 # -- the optimizers
 
@@ -96,7 +27,7 @@ def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
 class Optimizer:
     """Base class: holds lr and per-buffer state, runs one rule over params/grads."""
 
-    rule = None  # the reference function above
+    rule = None  # the rule of accel.functional
     state_names: tuple = ()
 
     def __init__(self, lr, weight_decay=0.0):
@@ -234,7 +165,7 @@ def _pairs(params, grads):
 class SGD(Optimizer):
     """W ← W − lr·∂L/∂W."""
 
-    rule = sgd
+    rule = F.sgd
 
     def scalars(self):
         return (self.lr, self.weight_decay)
@@ -243,7 +174,7 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """v ← μ·v + (1 − dampening)·g; W ← W − lr·v (dampening=μ: the course's EMA form)."""
 
-    rule = momentum
+    rule = F.momentum
     state_names = ("v",)
 
     def __init__(self, lr=0.01, momentum=0.9, dampening=0.0, weight_decay=0.0):
@@ -258,7 +189,7 @@ class Momentum(Optimizer):
 class Nesterov(Optimizer):
     """The book's Nesterov momentum: v ← μv − lr·g; W ← W + μ²v − (1 + μ)·lr·g."""
 
-    rule = nesterov
+    rule = F.nesterov
     state_names = ("v",)
 
     def __init__(self, lr=0.01, momentum=0.9, weight_decay=0.0):
@@ -272,7 +203,7 @@ class Nesterov(Optimizer):
 class AdaGrad(Optimizer):
     """h ← h + g²; W ← W − lr·g / (√h + ε) (the book's ε = 1e-7)."""
 
-    rule = adagrad
+    rule = F.adagrad
     state_names = ("h",)
 
     def __init__(self, lr=0.01, eps=1e-7, weight_decay=0.0):
@@ -286,7 +217,7 @@ class AdaGrad(Optimizer):
 class RMSProp(Optimizer):
     """h ← ρh + (1 − ρ)g²; W ← W − lr·g / (√h + ε) (the book's ρ = 0.99, ε = 1e-7)."""
 
-    rule = rmsprop
+    rule = F.rmsprop
     state_names = ("h",)
 
     def __init__(self, lr=0.01, decay_rate=0.99, eps=1e-7, weight_decay=0.0):
@@ -306,7 +237,7 @@ class Adam(Optimizer):
     differs only in where ε sits (the book also uses ε = 1e-7).
     """
 
-    rule = adam
+    rule = F.adam
     state_names = ("m", "v")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,

@@ -1,7 +1,7 @@
 """Fused kernels vs the xp reference, a roofline kernel and PyTorch.
 
 Rows (numpy backend, float32 unless said):
-- Adam update over 1e4..1e7 parameters: the reference (accel.optim.adam), the fused kernel
+- Adam update over 1e4..1e7 parameters: the reference (accel.functional.adam), the fused kernel
   (through accel.dispatch), a "roofline" kernel that moves the same bytes (read p, g, m, v;
   write p, m, v) with trivial math, the fraction of the roofline reached, achieved GB/s, and
   torch.optim.Adam(fused=True);
@@ -96,7 +96,7 @@ def roofline_kernels():
 
 
 def bench_adam(sizes, quick, torch_rows):
-    from accel import dispatch, optim
+    from accel import dispatch, functional
 
     adam_bytes, _ = roofline_kernels()
     rows = []
@@ -106,8 +106,8 @@ def bench_adam(sizes, quick, torch_rows):
         g = rng.standard_normal(n, dtype=np.float32) * 1e-3
         m, v = np.zeros_like(p), np.zeros_like(p)
         reps = _reps(n, quick)
-        ref = median_time(lambda: optim.adam(p, g, m, v, *ADAM_SCALARS), max(3, reps // 3))
-        fused = median_time(lambda: dispatch.optimizer_step(optim.adam, p, g, (m, v),
+        ref = median_time(lambda: functional.adam(p, g, m, v, *ADAM_SCALARS), max(3, reps // 3))
+        fused = median_time(lambda: dispatch.optimizer_step(functional.adam, p, g, (m, v),
                                                              ADAM_SCALARS), reps, min_time=0.2)
         path = dispatch.last_path("adam")
         roof = median_time(lambda: adam_bytes(p, g, m, v), reps, min_time=0.2)
@@ -129,7 +129,7 @@ def _with_torch(row, torch_s, key):
 
 
 def bench_bn(shapes, quick, torch_rows):
-    from accel import dispatch, layers
+    from accel import dispatch, functional
 
     _, bn_bytes = roofline_kernels()
     rows = []
@@ -145,7 +145,7 @@ def bench_bn(shapes, quick, torch_rows):
             return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd)
 
         reps = _reps(n * d, quick)
-        ref = median_time(lambda: fwd_bwd(layers), max(3, reps // 3))
+        ref = median_time(lambda: fwd_bwd(functional), max(3, reps // 3))
         fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.2)
         path = dispatch.last_path("batchnorm_backward")
         out, dx = np.empty_like(x), np.empty_like(x)
@@ -229,11 +229,11 @@ COMPILE_SNIPPET = r"""
 import time, numpy as np
 t0 = time.perf_counter()
 import accel
-from accel import dispatch, optim
+from accel import dispatch, functional
 t_import = time.perf_counter() - t0
 p = np.ones(1000, np.float32); g = p.copy(); m = np.zeros_like(p); v = np.zeros_like(p)
 t0 = time.perf_counter()
-dispatch.optimizer_step(optim.adam, p, g, (m, v), (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0))
+dispatch.optimizer_step(functional.adam, p, g, (m, v), (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0))
 t_adam = time.perf_counter() - t0
 x = np.ones((8, 4), np.float32); ga = np.ones(4, np.float32); be = np.zeros(4, np.float32)
 t0 = time.perf_counter()
@@ -373,16 +373,16 @@ def bench_gpu(quick):
     import cupy
     from cupyx.profiler import benchmark
 
-    from accel import dispatch, optim
+    from accel import dispatch, functional
 
     rows = []
     for n in ([10**6] if quick else [10**6, 10**7, 10**8]):
         p = cupy.random.standard_normal(n, dtype=cupy.float32)
         g = cupy.random.standard_normal(n, dtype=cupy.float32) * 1e-3
         m, v = cupy.zeros_like(p), cupy.zeros_like(p)
-        fused = benchmark(dispatch.optimizer_step, (optim.adam, p, g, (m, v), ADAM_SCALARS),
+        fused = benchmark(dispatch.optimizer_step, (functional.adam, p, g, (m, v), ADAM_SCALARS),
                           n_repeat=20).gpu_times.mean()
-        ref = benchmark(optim.adam, (p, g, m, v, *ADAM_SCALARS), n_repeat=10).gpu_times.mean()
+        ref = benchmark(functional.adam, (p, g, m, v, *ADAM_SCALARS), n_repeat=10).gpu_times.mean()
         dst = cupy.empty_like(p)
         copy = benchmark(lambda: dst.__setitem__(Ellipsis, p), (), n_repeat=20).gpu_times.mean()
         rows.append(dict(op="adam_gpu", n=n, dtype="float32", path=dispatch.last_path("adam"),

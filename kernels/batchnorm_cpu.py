@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .cpu_jit import jit, serial
+from .cpu_jit import jit, serial_twins
 
 ROWS_PER_CHUNK = 64  # at least this many rows per parallel chunk of the column sums
 MAX_CHUNKS = 64
@@ -102,4 +102,4 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
 
 KERNELS = {f.__name__: f for f in (batchnorm_forward_train, batchnorm_forward_eval,
                                    batchnorm_backward)}
-SERIAL = {name: serial(f) for name, f in KERNELS.items()}
+SERIAL = serial_twins(KERNELS)

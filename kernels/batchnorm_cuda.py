@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda
 
-jit = cuda.jit(cache=True)
+from .cuda_jit import grid_stride, jit
 
 
 @jit
@@ -61,3 +61,14 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
         for i in range(n):
             xhat = (x[i, j] - mean[j]) * invstd[j]
             dx[i, j] = scale * (f(n) * dy[i, j] - dbeta[j] - xhat * dgamma[j])
+
+
+KERNELS = {f.__name__: f for f in (batchnorm_forward_train, batchnorm_forward_eval,
+                                   batchnorm_backward)}
+
+
+def launch(name, x, *arrays):
+    """(blocks, threads) of kernel ``name``: a thread per column for the statistics, a
+    thread per element for the eval forward."""
+    n, d = x.shape
+    return grid_stride(n * d if name == "batchnorm_forward_eval" else d)

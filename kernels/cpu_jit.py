@@ -1,4 +1,4 @@
-"""The two CPU compiles of every kernel: parallel (``jit``) and serial (``serial``)."""
+"""The two CPU compiles of every kernel: parallel (``jit``) and serial (``serial_twins``)."""
 
 import types
 
@@ -7,6 +7,11 @@ from numba import njit
 # error_model="numpy": a float division by zero gives inf/nan (as NumPy) instead of a Python
 # exception check in the loop, which would stop the loop from vectorizing.
 jit = njit(parallel=True, cache=True, error_model="numpy")
+
+
+def serial_twins(kernels: dict) -> dict:
+    """name → the serial compile of each kernel of ``kernels``."""
+    return {name: serial(k) for name, k in kernels.items()}
 
 
 def serial(kernel):

@@ -12,7 +12,7 @@ import math
 
 from numba import prange
 
-from .cpu_jit import jit, serial
+from .cpu_jit import jit, serial_twins
 
 
 @jit
@@ -79,4 +79,4 @@ def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
 
 
 KERNELS = {f.__name__: f for f in (sgd, momentum, nesterov, adagrad, rmsprop, adam)}
-SERIAL = {name: serial(f) for name, f in KERNELS.items()}
+SERIAL = serial_twins(KERNELS)

@@ -11,7 +11,7 @@ import math
 
 from numba import cuda
 
-jit = cuda.jit(cache=True)
+from .cuda_jit import grid_stride, jit
 
 
 @jit
@@ -77,5 +77,9 @@ def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
         p[i] = shrink * p[i] - step_size * m[i] / (c2 * math.sqrt(v[i]) + eps)
 
 
-KERNELS = {"sgd": sgd, "momentum": momentum, "nesterov": nesterov, "adagrad": adagrad,
-           "rmsprop": rmsprop, "adam": adam}
+KERNELS = {f.__name__: f for f in (sgd, momentum, nesterov, adagrad, rmsprop, adam)}
+
+
+def launch(name, p, *arrays):
+    """(blocks, threads) of kernel ``name`` for these arguments: a grid-stride loop over p."""
+    return grid_stride(p.size)

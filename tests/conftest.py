@@ -8,7 +8,7 @@ import pytest
 
 from accel import backend as backend_mod
 
-DATA_DIR = Path(os.environ.get("ACCEL_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("ACCEL_DATA_DIR", Path(__file__).parents[2] / "shared" / "data")).resolve()
 
 
 @pytest.fixture(params=["numpy", "cupy"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from accel import MultiLayerNet, dispatch, layers, optim
+from accel import MultiLayerNet, dispatch, functional, layers, optim
 
 TOL = {np.float32: dict(rtol=1e-6, atol=1e-7), np.float64: dict(rtol=1e-12, atol=1e-14)}
 
@@ -56,7 +56,7 @@ def test_optimizer_kernel_matches_reference(name, dtype, parallel, monkeypatch):
     pr = {k: v.copy() for k, v in p0.items()}
     _run(fused, pf, grads_seq, reference=False)
     _run(ref, pr, grads_seq, reference=True)
-    rule = type(fused).rule.__name__
+    rule = dispatch.OPS[type(fused).rule].kernel
     assert dispatch.calls()[(rule, "cpu")] == 120 * len(shapes)
     assert dispatch.calls()[(rule, "reference")] == 120 * len(shapes)
     for k in shapes:
@@ -107,8 +107,8 @@ def test_optimizer_sizes(size):
     pr, state, state_r = p.copy(), (np.zeros_like(p), np.zeros_like(p)), (
         np.zeros_like(p), np.zeros_like(p))
     scalars = (0.9, 0.999, 1e-8, 0.01, 1.5, 0.0, 1.0)
-    dispatch.optimizer_step(optim.adam, p, g, state, scalars)
-    optim.adam(pr, g, *state_r, *scalars)
+    dispatch.optimizer_step(functional.adam, p, g, state, scalars)
+    functional.adam(pr, g, *state_r, *scalars)
     assert dispatch.last_path("adam") == "cpu"
     assert_close(p, pr, rtol=1e-6)
     assert_close(state[1], state_r[1], rtol=1e-6)
@@ -121,8 +121,8 @@ def test_noncontiguous_and_other_dtype_inputs_are_copied():
     g = np.asfortranarray(rng.standard_normal((40, 3)))  # read-only and not C-contiguous
     v = np.zeros((40, 3))
     p_ref, v_ref = p.copy(), v.copy()
-    dispatch.optimizer_step(optim.momentum, p, g, (v,), (0.1, 0.9, 0.0, 0.01))
-    optim.momentum(p_ref, g, v_ref, 0.1, 0.9, 0.0, 0.01)
+    dispatch.optimizer_step(functional.momentum, p, g, (v,), (0.1, 0.9, 0.0, 0.01))
+    functional.momentum(p_ref, g, v_ref, 0.1, 0.9, 0.0, 0.01)
     assert dispatch.last_path("momentum") == "cpu"
     assert_close(base[:, ::2], p_ref, rtol=1e-12)
     assert_close(v, v_ref, rtol=1e-12)
@@ -130,21 +130,21 @@ def test_noncontiguous_and_other_dtype_inputs_are_copied():
     p32 = rng.standard_normal(50).astype(np.float32)
     g64 = rng.standard_normal(50)
     p_ref = p32.copy()
-    dispatch.optimizer_step(optim.sgd, p32, g64, (), (0.1, 0.0))
-    optim.sgd(p_ref, g64.astype(np.float32), 0.1, 0.0)
+    dispatch.optimizer_step(functional.sgd, p32, g64, (), (0.1, 0.0))
+    functional.sgd(p_ref, g64.astype(np.float32), 0.1, 0.0)
     assert_close(p32, p_ref, rtol=1e-6)
 
 
 def test_wrong_dtypes_are_refused_or_take_the_reference():
     p = np.ones(5, np.float32)
     with pytest.raises(TypeError, match="state\\[0\\] has dtype float64"):
-        dispatch.optimizer_step(optim.adagrad, p, p.copy(), (np.zeros(5),), (0.1, 1e-7, 0.0))
+        dispatch.optimizer_step(functional.adagrad, p, p.copy(), (np.zeros(5),), (0.1, 1e-7, 0.0))
     with pytest.raises(TypeError, match="float array"):
-        dispatch.optimizer_step(optim.sgd, p, np.ones(5, np.int64), (), (0.1, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, np.ones(5, np.int64), (), (0.1, 0.0))
     with pytest.raises(ValueError, match="shape"):
-        dispatch.optimizer_step(optim.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0))
     p16 = np.ones(5, np.float16)  # no kernel takes float16: the reference runs
-    dispatch.optimizer_step(optim.sgd, p16, np.ones(5, np.float16), (), (0.5, 0.0))
+    dispatch.optimizer_step(functional.sgd, p16, np.ones(5, np.float16), (), (0.5, 0.0))
     assert dispatch.last_path("sgd") == "reference"
     assert_close(p16, np.full(5, 0.5))
 
@@ -152,17 +152,17 @@ def test_wrong_dtypes_are_refused_or_take_the_reference():
 def test_the_switch(monkeypatch):
     p = np.ones(3)
     monkeypatch.setenv("ACCEL_KERNELS", "reference")
-    dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+    dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
     assert dispatch.last_path("sgd") == "reference"
     monkeypatch.setenv("ACCEL_KERNELS", "fused")
-    dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+    dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
     assert dispatch.last_path("sgd") == "cpu"
     with dispatch.use("reference"):
-        dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
     assert dispatch.last_path() == {"sgd": "reference"}
     monkeypatch.setenv("ACCEL_KERNELS", "fast")
     with pytest.raises(ValueError, match="ACCEL_KERNELS"):
-        dispatch.optimizer_step(optim.sgd, p, p.copy(), (), (0.5, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
 
 
 def test_importing_accel_compiles_nothing():
@@ -198,20 +198,20 @@ def test_batchnorm_kernels_match_reference(n, d, dtype, parallel, monkeypatch):
     x, gamma, beta, rm, rv, dy = _bn_inputs(rng, n, d, dtype)
     rm_r, rv_r = rm.copy(), rv.copy()
     out, mean, invstd = dispatch.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
-    ref = layers.batchnorm_forward_train(x, gamma, beta, rm_r, rv_r, 0.9, 1e-5)
+    ref = functional.batchnorm_forward_train(x, gamma, beta, rm_r, rv_r, 0.9, 1e-5)
     assert dispatch.last_path("batchnorm_forward_train") == "cpu"
     tol = BN_TOL[dtype]
     for a, b in zip((out, mean, invstd, rm, rv), (*ref, rm_r, rv_r)):
         assert a.dtype == dtype
         assert_close(a, b, **tol)
     grads = dispatch.batchnorm_backward(dy, x, gamma, mean, invstd)
-    ref_grads = layers.batchnorm_backward(dy, x, gamma, ref[1], ref[2])
+    ref_grads = functional.batchnorm_backward(dy, x, gamma, ref[1], ref[2])
     assert dispatch.last_path("batchnorm_backward") == "cpu"
     for a, b in zip(grads, ref_grads):
         assert a.dtype == dtype
         assert_close(a, b, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * max(1, n))
     ev = dispatch.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5)
-    assert_close(ev, layers.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5), **tol)
+    assert_close(ev, functional.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5), **tol)
     assert dispatch.last_path("batchnorm_forward_eval") == "cpu"
 
 
@@ -250,7 +250,7 @@ def test_batchnorm_noncontiguous_and_bad_input():
     rm_r = np.zeros(6)
     out, mean, invstd = dispatch.batchnorm_forward_train(xs, gamma[:6], beta[:6], rm_s,
                                                          rv[:6].copy(), 0.9, 1e-5)
-    ref = layers.batchnorm_forward_train(xs, gamma[:6], beta[:6], rm_r, rv[:6].copy(), 0.9,
+    ref = functional.batchnorm_forward_train(xs, gamma[:6], beta[:6], rm_r, rv[:6].copy(), 0.9,
                                          1e-5)
     assert_close(out, ref[0], rtol=1e-12)
     assert_close(rm_s, rm_r, rtol=1e-12, atol=1e-15)
@@ -300,13 +300,14 @@ def test_cuda_compile_failure_falls_back_to_the_reference(monkeypatch, caplog):
     g = rng.standard_normal((6, 5))
     expected, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
     scalars = (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0)
-    optim.adam(expected, g, m.copy(), v.copy(), *scalars)
-    assert not dispatch.launch_cuda(Unbuildable(), 30, p, g)
+    functional.adam(expected, g, m.copy(), v.copy(), *scalars)
+    assert not dispatch.launch_cuda(Unbuildable(), (1, 32), p, g)
     assert "failed to compile" in caplog.text and dispatch._cuda_error.startswith("TypingError")
     # the optimizer path: a kernel that fails to build leaves the reference to do the step
     monkeypatch.setattr(dispatch, "_target", lambda a: "cuda")
     monkeypatch.setattr(dispatch, "kernels", lambda kind, target: type(
-        "M", (), {"KERNELS": {"adam": Unbuildable()}}))
-    dispatch.optimizer_step(optim.adam, p, g, (m, v), scalars)
+        "M", (), {"KERNELS": {"adam": Unbuildable()}, "launch": staticmethod(
+            lambda name, p, *a: (1, 32))}))
+    dispatch.optimizer_step(functional.adam, p, g, (m, v), scalars)
     assert dispatch.last_path("adam") == "reference"
     np.testing.assert_array_equal(p, expected)

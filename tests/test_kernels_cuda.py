@@ -37,7 +37,7 @@ def test_optimizer_twins_read_alike():
         src = path.read_text()
         out = {}
         for node in tree.body:
-            if isinstance(node, ast.FunctionDef) and node.name != "serial":
+            if isinstance(node, ast.FunctionDef) and node.name != "launch":
                 seg = ast.get_source_segment(src, node).splitlines()
                 loop = next(k for k, line in enumerate(seg) if "for i in " in line)
                 out[node.name] = (seg[0], seg[1:loop], seg[loop + 1:])
@@ -53,15 +53,15 @@ def test_optimizer_twins_read_alike():
 # -- the checks, run in the simulator process
 
 
-def _check_optimizers(dispatch, optim, kernels_cuda):
+def _check_optimizers(dispatch, functional):
     rng = np.random.default_rng(0)
     cases = {
-        "sgd": (optim.sgd, 0, (0.05, 0.01)),
-        "momentum": (optim.momentum, 1, (0.05, 0.9, 0.9, 1e-3)),
-        "nesterov": (optim.nesterov, 1, (0.05, 0.8, 1e-3)),
-        "adagrad": (optim.adagrad, 1, (0.05, 1e-7, 0.0)),
-        "rmsprop": (optim.rmsprop, 1, (0.01, 0.99, 1e-7, 1e-3)),
-        "adam": (optim.adam, 2, (0.9, 0.999, 1e-8, 0.01, 1.3, 1e-2, 0.999)),
+        "sgd": (functional.sgd, 0, (0.05, 0.01)),
+        "momentum": (functional.momentum, 1, (0.05, 0.9, 0.9, 1e-3)),
+        "nesterov": (functional.nesterov, 1, (0.05, 0.8, 1e-3)),
+        "adagrad": (functional.adagrad, 1, (0.05, 1e-7, 0.0)),
+        "rmsprop": (functional.rmsprop, 1, (0.01, 0.99, 1e-7, 1e-3)),
+        "adam": (functional.adam, 2, (0.9, 0.999, 1e-8, 0.01, 1.3, 1e-2, 0.999)),
     }
     steps = int(os.environ.get("ACCEL_CUDASIM_STEPS", "100"))
     for dtype, tol in ((np.float32, 1e-6), (np.float64, 1e-12)):
@@ -72,15 +72,15 @@ def _check_optimizers(dispatch, optim, kernels_cuda):
                 p_ref, state_ref = p.copy(), [s.copy() for s in state]
                 for _ in range(steps if size == 37 else 2):
                     g = rng.standard_normal(size).astype(dtype)
-                    dispatch.launch_cuda(kernels_cuda.KERNELS[name], size, p, g, *state,
-                                         *scalars)
+                    dispatch.call(rule, p, g, *state, scalars=scalars, target="cuda")
+                    assert dispatch.last_path(name) == "cuda"
                     rule(p_ref, g, *state_ref, *scalars)
                 for a, b in zip([p, *state], [p_ref, *state_ref]):
                     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 0.1)
             print(f"ok {name} {np.dtype(dtype).name}")
 
 
-def _check_batchnorm(dispatch, layers, bn_cuda):
+def _check_batchnorm(dispatch, functional):
     rng = np.random.default_rng(1)
     for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-11)):
         for n, d in ((1, 1), (2, 3), (9, 37)):
@@ -89,23 +89,21 @@ def _check_batchnorm(dispatch, layers, bn_cuda):
             rm, rv = rng.standard_normal(d).astype(dtype), (rng.random(d) + 0.5).astype(dtype)
             dy = rng.standard_normal((n, d)).astype(dtype)
             rm_r, rv_r = rm.copy(), rv.copy()
-            out, mean, invstd = (np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, dtype))
-            dispatch.launch_cuda(bn_cuda.batchnorm_forward_train, d, x, gamma, beta, rm, rv,
-                                 0.9, 1e-5, out, mean, invstd)
-            ref = layers.batchnorm_forward_train(x, gamma, beta, rm_r, rv_r, 0.9, 1e-5)
+            out, mean, invstd = dispatch.call(functional.batchnorm_forward_train, x, gamma,
+                                              beta, rm, rv, scalars=(0.9, 1e-5), target="cuda")
+            ref = functional.batchnorm_forward_train(x, gamma, beta, rm_r, rv_r, 0.9, 1e-5)
             for a, b in zip((out, mean, invstd, rm, rv), (*ref, rm_r, rv_r)):
                 np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
-            ev = np.empty((n, d), dtype)
-            dispatch.launch_cuda(bn_cuda.batchnorm_forward_eval, n * d, x, gamma, beta, rm, rv,
-                                 1e-5, ev)
+            ev = dispatch.call(functional.batchnorm_forward_eval, x, gamma, beta, rm, rv,
+                               scalars=(1e-5,), target="cuda")
             np.testing.assert_allclose(
-                ev, layers.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5), rtol=tol,
+                ev, functional.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5), rtol=tol,
                 atol=tol)
-            dx, dgamma, dbeta = np.empty((n, d), dtype), np.empty(d, dtype), np.empty(d, dtype)
-            dispatch.launch_cuda(bn_cuda.batchnorm_backward, d, dy, x, gamma, mean, invstd,
-                                 dx, dgamma, dbeta)
+            dx, dgamma, dbeta = dispatch.call(functional.batchnorm_backward, dy, x, gamma,
+                                              mean, invstd, target="cuda")
+            assert set(dispatch.last_path().values()) == {"cuda"}, dispatch.last_path()
             for a, b in zip((dx, dgamma, dbeta),
-                            layers.batchnorm_backward(dy, x, gamma, mean, invstd)):
+                            functional.batchnorm_backward(dy, x, gamma, mean, invstd)):
                 np.testing.assert_allclose(a, b, rtol=10 * tol, atol=10 * tol * n)
         print(f"ok batchnorm {np.dtype(dtype).name}")
 
@@ -113,14 +111,14 @@ def _check_batchnorm(dispatch, layers, bn_cuda):
 def main():
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         sys.exit("run with NUMBA_ENABLE_CUDASIM=1")
-    from accel.kernels import batchnorm_cuda, optim_cuda
+    from accel.kernels import cuda_jit
 
-    from accel import dispatch, layers, optim
+    from accel import dispatch, functional
 
-    dispatch.THREADS_PER_BLOCK = 8  # several blocks and a grid-stride wrap at these sizes
-    dispatch.MAX_BLOCKS = 2
-    _check_optimizers(dispatch, optim, optim_cuda)
-    _check_batchnorm(dispatch, layers, batchnorm_cuda)
+    cuda_jit.THREADS_PER_BLOCK = 8  # several blocks and a grid-stride wrap at these sizes
+    cuda_jit.MAX_BLOCKS = 2
+    _check_optimizers(dispatch, functional)
+    _check_batchnorm(dispatch, functional)
     print("all CUDA twins match")
 
 

@@ -323,7 +323,7 @@ def test_fused_optimizer_matches_reference(data, name, size, dtype, seed):
                                                                          np.float64]),
        momentum=st.floats(0, 0.99), eps=st.floats(1e-6, 1e-2), seed=seeds)
 def test_fused_batchnorm_matches_reference(n, d, dtype, momentum, eps, seed):
-    from accel import dispatch, layers
+    from accel import dispatch, functional
 
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((n, d)) * 2 + 1).astype(dtype)
@@ -333,14 +333,14 @@ def test_fused_batchnorm_matches_reference(n, d, dtype, momentum, eps, seed):
     ref_stats = [s.copy() for s in stats]
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-10)
     out, mean, invstd = dispatch.batchnorm_forward_train(x, gamma, beta, *stats, momentum, eps)
-    r_out, r_mean, r_invstd = layers.batchnorm_forward_train(x, gamma, beta, *ref_stats,
+    r_out, r_mean, r_invstd = functional.batchnorm_forward_train(x, gamma, beta, *ref_stats,
                                                              momentum, eps)
     for a, b in [(out, r_out), (mean, r_mean), (invstd, r_invstd), *zip(stats, ref_stats)]:
         np.testing.assert_allclose(a, b, **tol)
     fused = dispatch.batchnorm_backward(dy, x, gamma, mean, invstd)
-    ref = layers.batchnorm_backward(dy, x, gamma, r_mean, r_invstd)
+    ref = functional.batchnorm_backward(dy, x, gamma, r_mean, r_invstd)
     for a, b in zip(fused, ref):
         np.testing.assert_allclose(a, b, **tol)
     ev = dispatch.batchnorm_forward_eval(x, gamma, beta, *stats, eps)
-    np.testing.assert_allclose(ev, layers.batchnorm_forward_eval(x, gamma, beta, *ref_stats,
+    np.testing.assert_allclose(ev, functional.batchnorm_forward_eval(x, gamma, beta, *ref_stats,
                                                                  eps), **tol)
