@@ -77,6 +77,11 @@ def cupy_available() -> bool:
     return _import_cupy() is not None
 
 
+def cupy_unavailable_reason() -> str | None:
+    """Why CuPy cannot be used here ("ModuleNotFoundError: ..."), or None when it can."""
+    return None if cupy_available() else _cupy_error
+
+
 def get_backend(name: str | Backend | None = "auto") -> Backend:
     """The backend called ``name``: "auto", "numpy" or "cupy" (or a Backend, returned as is).
 

@@ -1,15 +1,21 @@
 """Checkpoint files: a ``.npz`` archive of arrays plus a JSON header, written atomically.
 
-Layout (format version 1). The file is a zip archive that ``numpy.load`` can open:
+What is saved is a *state*: the nested dict an object's ``state_dict()`` returns (network,
+optimizer and trainer share that protocol, with ``load_state_dict`` to restore). Arrays may
+sit anywhere in it; everything else must be JSON data.
 
-- ``header.json``: ``{"format": "accel-checkpoint", "format_version": 1, "kind": ...,
-  "accel_version": ..., "arrays": {name: {"shape": [...], "dtype": "<f4", "crc32": ...}},
-  ...}`` plus the sections of whoever wrote it (``"network"``, ``"optimizer"``,
-  ``"trainer"``);
-- ``<name>.npy`` for every array named in the header (stored uncompressed, C order).
+Layout (format version 2). The file is a zip archive that ``numpy.load`` can open:
+
+- ``header.json``: ``{"format": "accel-checkpoint", "format_version": 2, "kind": ...,
+  "accel_version": ..., "state": {...}, "arrays": {name: {"shape": [...], "dtype": "<f4",
+  "crc32": ...}}}``, where ``state`` is the state without its arrays;
+- ``<name>.npy`` for every array, ``name`` being its key path in the state joined by "/"
+  (e.g. ``network/params/W1``), stored uncompressed, C order. ``load`` puts each array back
+  at its path.
 
 Arrays are always NumPy arrays in the file and nothing in it names a backend, so a file
-saved from CuPy loads on NumPy and the other way round.
+saved from CuPy loads on NumPy and the other way round. Files of format version 1 (accel
+0.1.0, sections at the top level) load through the same rule.
 
 ``save`` writes to a temporary file in the target's folder, fsyncs it, then renames it over
 the target (``os.replace``), so a crash or Ctrl-C in the middle of a save leaves the previous
@@ -37,15 +43,15 @@ import numpy as np
 from .backend import array_module, to_numpy
 
 FORMAT = "accel-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 HEADER_NAME = "header.json"
 MAX_HEADER_BYTES = 16 * 2**20
 _NPY_HEADER_SLACK = 2**16 + 16  # an .npy header is at most 64 KiB
 _ARRAY_KINDS = "biuf"  # bool, ints, floats: never objects (no pickles in a checkpoint)
 
-__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "rng_state",
-           "set_rng_state"]
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "restore",
+           "rng_state", "set_rng_state"]
 
 
 class CheckpointError(ValueError):
@@ -77,13 +83,50 @@ def _crc32(a: np.ndarray) -> int:
     return zlib.crc32(memoryview(a).cast("B")) if a.size else 0
 
 
-def save(path, header: dict, arrays: dict) -> Path:
-    """Write ``arrays`` (name → array on any backend) and ``header`` (JSON-serializable) to
-    ``path``, atomically. Returns the path. The header's ``format``, ``format_version``,
-    ``accel_version`` and ``arrays`` entries are filled in here."""
+def _is_array(v) -> bool:
+    return hasattr(v, "dtype") and hasattr(v, "shape") and not isinstance(v, np.generic)
+
+
+def split_arrays(state: dict, prefix: str = "") -> tuple[dict, dict]:
+    """(the state without its arrays, {key path joined by "/": array})."""
+    rest, arrays = {}, {}
+    for k, v in state.items():
+        k = str(k)
+        if "/" in k:
+            raise ValueError(f"state key {prefix + k!r} contains '/', which separates paths")
+        if isinstance(v, dict):
+            rest[k], more = split_arrays(v, f"{prefix}{k}/")
+            arrays.update(more)
+        elif _is_array(v):
+            arrays[prefix + k] = v
+        else:
+            rest[k] = v
+    return rest, arrays
+
+
+def place_arrays(state: dict, arrays: dict, path) -> dict:
+    """Put each array back into ``state`` at its key path (the inverse of ``split_arrays``)."""
+    for name, a in arrays.items():
+        *parents, leaf = name.split("/")
+        node = state
+        for k in parents:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise CheckpointError(f"{path}: array {name!r} lies under a value that is not "
+                                      "a section")
+        if isinstance(node.get(leaf), dict):
+            raise CheckpointError(f"{path}: array {name!r} would replace a section")
+        node[leaf] = a
+    return state
+
+
+def save(path, state: dict, kind: str) -> Path:
+    """Write ``state`` (a nested dict of JSON data and arrays on any backend) to ``path``,
+    atomically, as a checkpoint of ``kind`` ("network", "trainer", ...). Returns the path."""
     from . import __version__
 
     path = Path(path)
+    rest, arrays = split_arrays(state)
     host = {}
     for name, a in arrays.items():
         a = np.ascontiguousarray(to_numpy(a))
@@ -91,7 +134,7 @@ def save(path, header: dict, arrays: dict) -> Path:
             raise TypeError(f"array {name!r} has dtype {a.dtype}: only numbers can be saved")
         host[name] = a
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "accel_version": __version__,
-            **jsonable(header),
+            "kind": kind, "state": jsonable(rest),
             "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str, "crc32": _crc32(a)}
                        for name, a in host.items()}}
     blob = json.dumps(full, allow_nan=True, separators=(",", ":")).encode("utf-8")
@@ -136,8 +179,9 @@ def _fsync_dir(folder: Path) -> None:
 # -- reading
 
 
-def load(path) -> tuple[dict, dict]:
-    """(header, arrays) of the checkpoint at ``path``; arrays are NumPy arrays.
+def load(path) -> dict:
+    """The header of the checkpoint at ``path`` ("kind", "format_version", "accel_version",
+    ...), with its ``state`` holding every array (NumPy) back at its place.
 
     Raises FileNotFoundError when there is no file, CheckpointError for anything wrong
     inside it."""
@@ -157,7 +201,7 @@ def load(path) -> tuple[dict, dict]:
             ) from exc
 
 
-def _read(f, path: Path) -> tuple[dict, dict]:
+def _read(f, path: Path) -> dict:
     size = os.fstat(f.fileno()).st_size
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
@@ -177,8 +221,12 @@ def _read(f, path: Path) -> tuple[dict, dict]:
         header = json.loads(zf.read(HEADER_NAME).decode("utf-8"))
         _check_header(header, path)
         arrays = {name: _read_array(zf, names, name, spec, path)
-                  for name, spec in header["arrays"].items()}
-    return header, arrays
+                  for name, spec in header.pop("arrays").items()}
+    if header["format_version"] == 1:  # sections at the top level
+        header["state"] = {k: header.pop(k) for k in ("network", "optimizer", "trainer")
+                           if k in header}
+    place_arrays(header["state"], arrays, path)
+    return header
 
 
 def _check_header(header, path) -> None:
@@ -196,6 +244,8 @@ def _check_header(header, path) -> None:
             f"{FORMAT_VERSION}: upgrade accel to load it")
     if not isinstance(header.get("arrays"), dict):
         raise CheckpointError(f"{path}: header has no 'arrays' table")
+    if version > 1 and not isinstance(header.get("state"), dict):
+        raise CheckpointError(f"{path}: header has no 'state' section")
 
 
 def _read_array(zf, names, name, spec, path) -> np.ndarray:
@@ -242,34 +292,45 @@ def _read_array(zf, names, name, spec, path) -> np.ndarray:
 
 
 def section(header: dict, key: str, path, what: str) -> dict:
-    """``header[key]`` as a dict, or CheckpointError saying the file holds no ``what``."""
-    value = header.get(key)
+    """``header["state"][key]`` as a dict, or CheckpointError saying the file holds no
+    ``what``."""
+    value = header["state"].get(key)
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: holds no {what} (a {header.get('kind', '?')!r} "
                               "checkpoint)")
     return value
 
 
+def restore(obj, state: dict, path, **kwargs) -> None:
+    """``obj.load_state_dict(state, **kwargs)``, its ValueError/TypeError/KeyError turned
+    into a CheckpointError naming the file."""
+    try:
+        obj.load_state_dict(state, **kwargs)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"{path}: {detail}") from exc
+
+
 # -- random generator state
 
 
-def rng_state(rng, prefix: str) -> tuple[dict | None, dict]:
-    """(JSON state, arrays) of a backend generator, arrays named under ``prefix``.
-
-    A host (NumPy) generator's state is a small JSON dict. A device (CuPy) generator keeps its
-    state in a device array, which is saved as an array (``<prefix>state``)."""
+def rng_state(rng) -> dict | None:
+    """The state of a backend generator: {"bit_generator": name, "state": ...}, where the
+    state is NumPy's small JSON dict, or for a device (CuPy) generator its device array."""
     if rng is None:
-        return None, {}
+        return None
     bg = rng.bit_generator
     if isinstance(rng, np.random.Generator):
-        return {"bit_generator": type(bg).__name__, "state": bg.state}, {}
+        return {"bit_generator": type(bg).__name__, "state": bg.state}
     state = getattr(bg, "_state", None)
     if state is None:
-        return None, {}
-    return {"bit_generator": type(bg).__name__, "device_state": True}, {prefix + "state": state}
+        return None
+    return {"bit_generator": type(bg).__name__, "state": state.copy()}
 
 
-def set_rng_state(rng, saved, arrays: dict, prefix: str) -> bool:
+def set_rng_state(rng, saved) -> bool:
     """Restore what ``rng_state`` returned; False (nothing changed) when the saved state is
     of another backend or generator type."""
     if rng is None or not isinstance(saved, dict):
@@ -277,15 +338,15 @@ def set_rng_state(rng, saved, arrays: dict, prefix: str) -> bool:
     bg = rng.bit_generator
     if saved.get("bit_generator") != type(bg).__name__:
         return False
-    host = isinstance(rng, np.random.Generator)
-    if host and isinstance(saved.get("state"), dict):
-        bg.state = saved["state"]
-        return True
-    if not host and saved.get("device_state"):
-        state = getattr(bg, "_state", None)
-        a = arrays.get(prefix + "state")
-        if state is None or a is None or a.shape != state.shape or a.dtype != state.dtype:
+    state = saved.get("state")
+    if isinstance(rng, np.random.Generator):
+        if not isinstance(state, dict):
             return False
-        state[...] = array_module(state).asarray(a)
+        bg.state = state
         return True
-    return False
+    device = getattr(bg, "_state", None)
+    if device is None or not _is_array(state) or state.shape != device.shape or \
+            state.dtype != device.dtype:
+        return False
+    device[...] = array_module(device).asarray(state)
+    return True

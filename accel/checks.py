@@ -1,6 +1,7 @@
-"""Argument checks shared by every public entry point.
+"""Argument checks shared by every public entry point: the one place where input is judged.
 
-Each raises ValueError or TypeError whose message names the argument and the value.
+Each raises TypeError (wrong kind of value) or ValueError (right kind, wrong value) whose
+message names the argument and the value, and returns the value as it should be used.
 """
 
 from __future__ import annotations
@@ -12,26 +13,53 @@ import numpy as np
 
 from .backend import array_module
 
+# -- scalars
+
+
+def integer(name: str, value, *, low=None, high=None) -> int:
+    """An int (never a bool) with low <= value <= high (either bound may be None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {_range(low, high, False, False)}, got {value!r}")
+    return int(value)
+
+
+def number(name: str, value, *, low=None, high=None, open_low=False, open_high=False) -> float:
+    """A finite real number (never a bool) in the interval from low to high (closed unless
+    ``open_low``/``open_high``; either bound may be None)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    ok = math.isfinite(value)
+    if low is not None:
+        ok = ok and (value > low if open_low else value >= low)
+    if high is not None:
+        ok = ok and (value < high if open_high else value <= high)
+    if not ok:
+        raise ValueError(f"{name} must be {_range(low, high, open_low, open_high)}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _range(low, high, open_low, open_high) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if low is not None:
+        return f"{'>' if open_low else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if open_high else '<='} {high:g}"
+    return "a finite number"
+
 
 def positive(name: str, value, *, integer: bool = False):
     """``value`` > 0 (and an int when ``integer``)."""
-    if integer:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be a positive int, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    kind = "int" if integer else "number"
+    if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral if integer else numbers.Real):
+        raise TypeError(f"{name} must be a positive {kind}, got {value!r}")
     if not value > 0 or (not integer and not math.isfinite(value)):
         raise ValueError(f"{name} must be > 0, got {value!r}")
-    return value
-
-
-def seed(name: str, value):
-    """None or an int >= 0 (what every generator in accel accepts as a seed)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
-    return int(value)
+    return int(value) if integer else value
 
 
 def non_negative(name: str, value):
@@ -52,12 +80,50 @@ def in_unit_interval(name: str, value):
     return value
 
 
+def fraction(name: str, value) -> float:
+    """0 < ``value`` < 1 (a share of the samples: a validation or test fraction)."""
+    return number(name, value, low=0, high=1, open_low=True, open_high=True)
+
+
+def optional(check, name: str, value, **kwargs):
+    """None, or ``check(name, value, **kwargs)``."""
+    return None if value is None else check(name, value, **kwargs)
+
+
 def one_of(name: str, value, choices):
     """``value`` in ``choices`` (strings compared case-insensitively)."""
     key = value.lower() if isinstance(value, str) else value
     if key not in choices:
         raise ValueError(f"{name}={value!r} is not one of {sorted(choices)}")
     return key
+
+
+# -- random generators
+
+
+def seed(name: str, value):
+    """None or an int >= 0 (what every generator in accel accepts as a seed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be None or an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be None or an int >= 0, got {value!r}")
+    return int(value)
+
+
+def host_rng(name: str, value) -> np.random.Generator:
+    """A NumPy generator from a seed (None or an int >= 0) or a Generator (used as is)."""
+    if isinstance(value, np.random.Generator):
+        return value
+    try:
+        return np.random.default_rng(seed(name, value))
+    except TypeError:
+        raise TypeError(f"{name} must be None, an int >= 0 or a numpy Generator, "
+                        f"got {value!r}") from None
+
+
+# -- arrays
 
 
 def floating_dtype(name: str, dtype):
@@ -71,24 +137,56 @@ def floating_dtype(name: str, dtype):
     return dt
 
 
-def array(name: str, a, *, ndim=None, dtype=None, finite: bool = True):
-    """An array of floats, checked for rank and NaN/Inf; returns it (cast to ``dtype``)."""
+def array(name: str, a, *, ndim=None, min_ndim=None, dtype=None, finite: bool = True,
+          min_rows: int = 1, integers: str = "refuse"):
+    """An array of numbers with samples on axis 0, checked for rank, size and NaN/Inf.
+
+    Returns it (cast to ``dtype`` when given). Integer (and bool) input is refused with
+    ``integers="refuse"``, or cast to float64 (or ``dtype``) with ``integers="cast"``.
+    """
     xp = array_module(a)
     if not hasattr(a, "dtype"):
         a = np.asarray(a)
-    if a.dtype.kind not in "fiu":
+    if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+    if a.dtype.kind != "f":
+        if integers != "cast":
+            raise TypeError(f"{name} must be a float array, got dtype {a.dtype} "
+                            "(convert it first)")
+        a = a.astype(np.float64 if dtype is None else dtype)
     if ndim is not None and a.ndim not in np.atleast_1d(ndim):
         raise ValueError(f"{name} must have ndim {ndim}, got shape {tuple(a.shape)}")
+    if min_ndim is not None and a.ndim < min_ndim:
+        raise ValueError(f"{name} must have shape (n_samples, n_features, ...), got shape "
+                         f"{tuple(a.shape)}")
     if a.ndim and a.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(a.shape)})")
+    if a.ndim and a.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} samples, got shape "
+                         f"{tuple(a.shape)}")
     if dtype is not None and a.dtype != dtype:
-        if a.dtype.kind != "f":
-            raise TypeError(f"{name} must be a float array, got dtype {a.dtype} (convert it first)")
         a = a.astype(dtype)
-    if finite and a.dtype.kind == "f" and not bool(xp.isfinite(a).all()):
+    if finite and not bool(xp.isfinite(a).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     return a
+
+
+def class_ids(name: str, t, n_classes: int, n=None):
+    """Integer class ids of shape (n,) in [0, n_classes)."""
+    if not hasattr(t, "dtype"):
+        t = np.asarray(t)
+    if t.ndim != 1 or (n is not None and t.shape[0] != n):
+        want = f"({n},)" if n is not None else "(n,)"
+        raise ValueError(f"{name} must be class ids of shape {want}, got shape "
+                         f"{tuple(t.shape)}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{name} class ids must be integers, got dtype {t.dtype}")
+    if t.shape[0]:
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= n_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} contains class id {bad}, outside [0, {n_classes})")
+    return t
 
 
 def labels(name: str, t, n: int, n_classes: int):
@@ -102,11 +200,4 @@ def labels(name: str, t, n: int, n_classes: int):
             f"{name} must be class ids of shape ({n},) or one-hot of shape ({n}, {n_classes}),"
             f" got shape {tuple(t.shape)}"
         )
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"{name} class ids must be integers, got dtype {t.dtype}")
-    if n:
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= n_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name} contains class id {bad}, outside [0, {n_classes})")
-    return t
+    return class_ids(name, t, n_classes, n)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import numbers
 import os
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checks
+from . import checks, preprocessing
 
 __all__ = [
     "DATASETS",
@@ -264,13 +263,7 @@ def _fetch(url: str, dest: Path) -> None:
     except ImportError:
         pooch = None
     if pooch is not None:
-        try:
-            import tqdm  # noqa: F401  (pooch's progress bar needs it)
-
-            bar = sys.stderr.isatty()
-        except ImportError:
-            bar = False
-        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=60)
+        downloader = pooch.HTTPDownloader(progressbar=sys.stderr.isatty(), timeout=60)
         downloader(url, str(dest), None)
         return
     import shutil
@@ -384,14 +377,6 @@ def _load_split(name, split, data_dir, download):
 # --------------------------------------------------------------------------------------------
 
 
-def _rng(seed):
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be an int, a numpy Generator or None, got {seed!r}")
-    return np.random.default_rng(seed)
-
-
 def _class_sizes(n_samples: int, n_classes: int) -> list[int]:
     """Sizes that add up to ``n_samples`` and differ by at most one."""
     q, r = divmod(n_samples, n_classes)
@@ -399,17 +384,13 @@ def _class_sizes(n_samples: int, n_classes: int) -> list[int]:
 
 
 def _check_generated_args(n_samples, noise, n_classes_min, n_classes):
-    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
-        raise TypeError(f"n_samples must be an int, got {n_samples!r}")
+    checks.integer("n_samples", n_samples)
     if n_samples < 2 * n_classes:
         raise ValueError(
             f"n_samples={n_samples} is too small for {n_classes} classes "
             f"(need at least {2 * n_classes})"
         )
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not (
-        0 <= noise < float("inf")
-    ):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    checks.number("noise", noise, low=0)
     if n_classes < n_classes_min:
         raise ValueError(f"n_classes must be >= {n_classes_min}, got {n_classes!r}")
 
@@ -417,7 +398,7 @@ def _check_generated_args(n_samples, noise, n_classes_min, n_classes):
 def moons(n_samples: int = 1000, noise: float = 0.1, seed=0):
     """Two interleaving half circles (like scikit-learn's make_moons): x (n, 2), t (n,)."""
     _check_generated_args(n_samples, noise, 2, 2)
-    rng = _rng(seed)
+    rng = checks.host_rng("seed", seed)
     n0, n1 = _class_sizes(n_samples, 2)
     a0 = np.linspace(0, np.pi, n0)
     a1 = np.linspace(0, np.pi, n1)
@@ -433,9 +414,8 @@ def moons(n_samples: int = 1000, noise: float = 0.1, seed=0):
 def circles(n_samples: int = 1000, noise: float = 0.05, factor: float = 0.5, seed=0):
     """A small circle (class 1) inside a large one (class 0), radii ``factor`` and 1."""
     _check_generated_args(n_samples, noise, 2, 2)
-    if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor < 1:
-        raise ValueError(f"factor must be in (0, 1), got {factor!r}")
-    rng = _rng(seed)
+    checks.fraction("factor", factor)
+    rng = checks.host_rng("seed", seed)
     n0, n1 = _class_sizes(n_samples, 2)
     a0 = np.linspace(0, 2 * np.pi, n0, endpoint=False)
     a1 = np.linspace(0, 2 * np.pi, n1, endpoint=False)
@@ -454,10 +434,9 @@ def spiral(n_samples: int = 900, n_classes: int = 3, noise: float = 0.2, seed=0)
     Arm k: radius r = linspace(0, 1), angle θ = linspace(4k, 4(k+1)) + noise·N(0, 1),
     point (r sin θ, r cos θ).
     """
-    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral):
-        raise TypeError(f"n_classes must be an int, got {n_classes!r}")
+    checks.integer("n_classes", n_classes)
     _check_generated_args(n_samples, noise, 2, n_classes)
-    rng = _rng(seed)
+    rng = checks.host_rng("seed", seed)
     xs = []
     sizes = _class_sizes(n_samples, n_classes)
     for k, nk in enumerate(sizes):
@@ -483,12 +462,6 @@ def _stratified_split(x, t, test_fraction, rng):
 # --------------------------------------------------------------------------------------------
 # load
 # --------------------------------------------------------------------------------------------
-
-
-def _one_hot(t, n_classes, dtype):
-    out = np.zeros((t.shape[0], n_classes), dtype=dtype)
-    out[np.arange(t.shape[0]), t] = 1
-    return out
 
 
 def load(
@@ -550,11 +523,8 @@ def load(
     else:
         if data_dir is not None:
             raise ValueError(f"data_dir does not apply to the generated dataset {name!r}")
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real) or (
-            not 0 < test_fraction < 1
-        ):
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-        rng = _rng(seed)
+        checks.fraction("test_fraction", test_fraction)
+        rng = checks.host_rng("seed", seed)
         kwargs = {}
         if n_samples is not None:
             kwargs["n_samples"] = n_samples
@@ -571,5 +541,5 @@ def load(
         parts = [train, test] if split == "both" else [train if split == "train" else test]
 
     if one_hot:
-        parts = [(x, _one_hot(t, n_cls, dt)) for x, t in parts]
+        parts = [(x, preprocessing.one_hot(t, n_cls, dt)) for x, t in parts]
     return tuple(parts) if split == "both" else parts[0]

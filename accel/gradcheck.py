@@ -87,11 +87,9 @@ def check_network(network, x, t, h: float = 1e-5) -> GradCheckResult:
     if network.dropout:
         raise ValueError(f"gradient checking needs dropout off (dropout={network.dropout}): "
                          "random masks make the loss a different function at every call")
-    x = network._x(x)
-    t = network._t(t, x.shape[0])
-    grads = network._gradient(x, t)
-    g = grads.flat.copy()
-    g_num = numerical_gradient(lambda: network._loss(x, t, True), network.params.flat, h)
+    x, t = network.prepare(x, t)
+    g = network.loss_and_grads(x, t)[1].flat.copy()
+    g_num = numerical_gradient(lambda: network.loss(x, t, train=True), network.params.flat, h)
     offsets = network.params.offsets()
     per = {k: relative_difference(g[a:b], g_num[a:b]) for k, (a, b) in offsets.items()}
     norms = {k: float(np.linalg.norm(to_numpy(g[a:b]))) for k, (a, b) in offsets.items()}

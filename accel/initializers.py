@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from . import checks
+
 RULES = {
     "xavier": lambda n_in, n_out: math.sqrt(1.0 / n_in),
     "glorot": lambda n_in, n_out: math.sqrt(2.0 / (n_in + n_out)),
@@ -26,9 +28,7 @@ ALIASES = {"sigmoid": "xavier", "relu": "he"}
 def weight_std(weight_init, n_in: int, n_out: int) -> float:
     """The standard deviation for a (n_in, n_out) weight matrix."""
     if isinstance(weight_init, numbers.Real) and not isinstance(weight_init, bool):
-        if not (weight_init >= 0 and math.isfinite(weight_init)):
-            raise ValueError(f"weight_init std must be a finite number >= 0, got {weight_init!r}")
-        return float(weight_init)
+        return checks.number("weight_init std", weight_init, low=0)
     if isinstance(weight_init, str):
         key = ALIASES.get(weight_init.lower(), weight_init.lower())
         if key in RULES:

@@ -86,7 +86,6 @@ class MultiLayerNet:
                 self.layers.append(Dropout(self.dropout, dropout_inverted, rng=self.rng))
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
         self.last_layer = SoftmaxWithLoss()
-        self.last_loss = None
 
     def __repr__(self) -> str:
         return (f"MultiLayerNet(sizes={self.sizes}, activation={self.activation!r}, "
@@ -94,24 +93,41 @@ class MultiLayerNet:
                 f"weight_decay={self.weight_decay}, dtype={self.dtype}, "
                 f"backend={self.backend.name!r})")
 
-    # -- checks at the public boundary (the trainer checks its data once and skips these)
+    # -- the public pair the trainer, gradcheck and the benchmarks use
 
-    def _x(self, x):
+    def prepare(self, x, t=None):
+        """``x`` (and ``t``) checked and on this network's device and dtype: float features of
+        the input size (other float precisions cast, integers refused), labels as class ids in
+        range or one-hot rows. Returns x, or (x, t) when ``t`` is given. Check data once with
+        this, then train on it with ``loss_and_grads``."""
         x = checks.array("x", self.backend.asarray(x), dtype=self.dtype)
         n_in = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
         if n_in != self.sizes[0]:
             raise ValueError(f"x must have {self.sizes[0]} features per sample, "
                              f"got shape {tuple(x.shape)}")
-        return x
+        if t is None:
+            return x
+        return x, checks.labels("t", self.backend.asarray(t), x.shape[0], self.sizes[-1])
 
-    def _t(self, t, n):
-        return checks.labels("t", self.backend.asarray(t), n, self.sizes[-1])
+    def loss_and_grads(self, x, t):
+        """(loss, grads) of one training step on prepared ``x``, ``t`` (see ``prepare``;
+        nothing is checked here): the train-mode loss as a 0-d array on the device (no
+        transfer), and the gradients, views into the flat buffer ``grads.flat``, refilled by
+        every call."""
+        loss = self._loss(x, t, True)
+        dout = self.last_layer.backward(1.0)
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        if self.weight_decay:
+            self.grads.flat[:self.n_weights] += self.dtype.type(self.weight_decay) * \
+                self.params.flat[:self.n_weights]
+        return loss, self.grads
 
-    # -- the book's interface
+    # -- the book's interface (each call checks its input)
 
     def predict(self, x, train: bool = False):
         """Scores (N, output_size) before the softmax."""
-        return self._predict(self._x(x), train)
+        return self._predict(self.prepare(x), train)
 
     def _predict(self, x, train):
         for layer in self.layers:
@@ -120,8 +136,7 @@ class MultiLayerNet:
 
     def loss(self, x, t, train: bool = False) -> float:
         """Cross-entropy + ½·weight_decay·ΣW², as a Python float."""
-        x = self._x(x)
-        return float(self._loss(x, self._t(t, x.shape[0]), train))
+        return float(self._loss(*self.prepare(x, t), train))
 
     def _loss(self, x, t, train):
         loss = self.last_layer.forward(self._predict(x, train), t)
@@ -133,34 +148,19 @@ class MultiLayerNet:
     def accuracy(self, x, t, batch_size: int = 4096) -> float:
         """Fraction of samples whose highest score is the true class (evaluated in batches)."""
         checks.positive("batch_size", batch_size, integer=True)
-        x = self._x(x)
-        return self._accuracy(x, self._t(t, x.shape[0]), batch_size)
-
-    def _accuracy(self, x, t, batch_size=4096):
-        xp = self.backend.xp
+        x, t = self.prepare(x, t)
         if t.ndim == 2:
             t = t.argmax(axis=1)
         correct = 0
         for s in range(0, x.shape[0], batch_size):
             y = self._predict(x[s:s + batch_size], False).argmax(axis=1)
             correct += (y == t[s:s + batch_size]).sum()
-        return float(xp.asarray(correct)) / x.shape[0]
+        return float(self.backend.xp.asarray(correct)) / x.shape[0]
 
     def gradient(self, x, t):
         """Backpropagated gradients of ``loss(x, t, train=True)``: a dict like ``params``,
         of views into the flat gradient buffer ``grads.flat`` (refilled by every call)."""
-        x = self._x(x)
-        return self._gradient(x, self._t(t, x.shape[0]))
-
-    def _gradient(self, x, t):
-        self.last_loss = self._loss(x, t, True)
-        dout = self.last_layer.backward(1.0)
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
-        if self.weight_decay:
-            self.grads.flat[:self.n_weights] += self.dtype.type(self.weight_decay) * \
-                self.params.flat[:self.n_weights]
-        return self.grads
+        return self.loss_and_grads(*self.prepare(x, t))[1]
 
     # -- state that is not a parameter
 
@@ -180,63 +180,65 @@ class MultiLayerNet:
             "dropout_inverted": self.dropout_inverted,
         })
 
-    def state(self) -> tuple[dict, dict]:
-        """(JSON section, arrays) of everything a checkpoint keeps: the config, the
-        parameters, the BatchNorm running statistics and the dropout generator's state."""
-        rng, arrays = checkpoint.rng_state(self.rng if self.dropout > 0 else None,
-                                           "network/rng/")
-        arrays.update({f"network/params/{k}": v for k, v in self.params.items()})
+    def state_dict(self) -> dict:
+        """A snapshot of everything a checkpoint keeps: ``{"config", "params": {name: array},
+        "bn1": {"running_mean", "running_var"}, ..., "rng"}`` (copies, on the device; "rng"
+        is the dropout generator's state, None without dropout)."""
+        state = {"config": self.config(),
+                 "params": {k: v.copy() for k, v in self.params.items()},
+                 "rng": checkpoint.rng_state(self.rng) if self.dropout > 0 else None}
         for i, bn in enumerate(self.batchnorm_layers(), 1):
-            arrays[f"network/bn{i}/running_mean"] = bn.running_mean
-            arrays[f"network/bn{i}/running_var"] = bn.running_var
-        return {"config": self.config(), "rng": rng}, arrays
+            state[f"bn{i}"] = {"running_mean": bn.running_mean.copy(),
+                               "running_var": bn.running_var.copy()}
+        return state
 
-    def load_state(self, section: dict, arrays: dict, path="<checkpoint>") -> None:
-        """Copy a checkpoint's network section into this network, whose architecture must be
-        the saved one (CheckpointError otherwise, before anything is changed)."""
-        saved = section.get("config")
-        mine = self.config()
-        if saved != mine:
-            diff = sorted(k for k in set(mine) | set(saved or {})
-                          if (saved or {}).get(k) != mine.get(k))
-            raise checkpoint.CheckpointError(
-                f"{path}: the saved network differs from this one in "
-                + ", ".join(f"{k} (saved {(saved or {}).get(k)!r}, here {mine.get(k)!r})"
-                            for k in diff))
-        wanted = {f"network/params/{k}": v for k, v in self.params.items()}
+    def _state_targets(self) -> dict:
+        """(section, name) → the live array ``load_state_dict`` copies into."""
+        wanted = {("params", k): v for k, v in self.params.items()}
         for i, bn in enumerate(self.batchnorm_layers(), 1):
-            wanted[f"network/bn{i}/running_mean"] = bn.running_mean
-            wanted[f"network/bn{i}/running_var"] = bn.running_var
-        for name, target in wanted.items():
-            a = arrays.get(name)
+            wanted[(f"bn{i}", "running_mean")] = bn.running_mean
+            wanted[(f"bn{i}", "running_var")] = bn.running_var
+        return wanted
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy a ``state_dict`` (from this process or a checkpoint, any backend) into this
+        network, whose architecture must be the saved one. Everything is checked before
+        anything changes; ValueError/TypeError name the problem."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        saved, mine = state.get("config"), self.config()
+        if saved != mine:
+            saved = saved if isinstance(saved, dict) else {}
+            diff = sorted(k for k in set(mine) | set(saved) if saved.get(k) != mine.get(k))
+            raise ValueError("the saved network differs from this one in " + ", ".join(
+                f"{k} (saved {saved.get(k)!r}, here {mine.get(k)!r})" for k in diff))
+        wanted = self._state_targets()
+        for (sec, name), target in wanted.items():
+            a = state.get(sec, {}).get(name) if isinstance(state.get(sec), dict) else None
             if a is None:
-                raise checkpoint.CheckpointError(f"{path}: array {name!r} is missing")
+                raise ValueError(f"array {sec}/{name} is missing")
             if a.shape != target.shape or a.dtype != target.dtype:
-                raise checkpoint.CheckpointError(
-                    f"{path}: array {name!r} is {a.dtype} {a.shape}, this network needs "
-                    f"{target.dtype} {target.shape}")
-        for name, target in wanted.items():
-            target[...] = self.backend.asarray(arrays[name])
-        if self.dropout > 0 and not checkpoint.set_rng_state(self.rng, section.get("rng"),
-                                                              arrays, "network/rng/"):
-            warnings.warn(f"{path}: the dropout generator's state was saved on another backend"
-                          " (or not at all); dropout masks after loading come from this "
-                          "network's own generator", stacklevel=3)
+                raise ValueError(f"array {sec}/{name} is {a.dtype} {a.shape}, this network "
+                                 f"needs {target.dtype} {target.shape}")
+        for (sec, name), target in wanted.items():
+            target[...] = self.backend.asarray(state[sec][name])
+        if self.dropout > 0 and not checkpoint.set_rng_state(self.rng, state.get("rng")):
+            warnings.warn("the dropout generator's state was saved on another backend (or "
+                          "not at all); dropout masks after loading come from this network's "
+                          "own generator", stacklevel=3)
 
     def save(self, path):
         """Write the architecture, parameters, BatchNorm running statistics and dropout
         generator state to ``path`` (a .npz with a JSON header, written atomically; see
         ``accel.checkpoint``). Returns the path. ``MultiLayerNet.load(path)`` reads it."""
-        section, arrays = self.state()
-        return checkpoint.save(path, {"kind": "network", "network": section}, arrays)
+        return checkpoint.save(path, {"network": self.state_dict()}, kind="network")
 
     @classmethod
     def load(cls, path, backend=None) -> MultiLayerNet:
         """The network saved at ``path`` by ``save`` (or inside a Trainer checkpoint), on
         ``backend`` (default "auto"; a file saved on CuPy loads on NumPy and back).
         Raises FileNotFoundError or ``accel.checkpoint.CheckpointError`` naming the file."""
-        header, arrays = checkpoint.load(path)
-        section = checkpoint.section(header, "network", path, "network")
+        section = checkpoint.section(checkpoint.load(path), "network", path, "network")
         config = section.get("config")
         if not isinstance(config, dict):
             raise checkpoint.CheckpointError(f"{path}: the network section has no config")
@@ -244,5 +246,5 @@ class MultiLayerNet:
             net = cls(**config, backend=backend)
         except (TypeError, ValueError) as exc:
             raise checkpoint.CheckpointError(f"{path}: bad network config ({exc})") from exc
-        net.load_state(section, arrays, path)
+        checkpoint.restore(net, section, path)
         return net

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 from . import checks, dispatch
 from . import functional as F
@@ -86,8 +85,7 @@ class Optimizer:
                              f"got {hp!r}")
         fresh = type(self)(**hp)  # the constructor's checks, with the argument's name
         t = state_dict["t"]
-        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
-            raise ValueError(f"state_dict t (steps taken) must be an int >= 0, got {t!r}")
+        checks.integer("state_dict t (steps taken)", t, low=0)
         if not isinstance(state_dict["state"], dict):
             raise TypeError("state_dict state must be a dict of buffer key -> {name: array}")
         state = {}

@@ -8,32 +8,17 @@ arrays' own backend (``accel.array_module``).
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from . import checks
 from .backend import array_module
 
 __all__ = ["Standardizer", "PCAWhitening", "one_hot", "shuffle", "train_val_split"]
 
 
 def _as_float(name: str, x, *, min_rows: int = 1):
-    """``x`` as a floating array with samples on axis 0, checked for rank, size and NaN/Inf."""
-    xp = array_module(x)
-    if not hasattr(x, "dtype"):
-        x = np.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
-    if x.ndim < 2:
-        raise ValueError(f"{name} must have shape (n_samples, n_features, ...), got shape "
-                         f"{tuple(x.shape)}")
-    if x.shape[0] < min_rows:
-        raise ValueError(f"{name} needs at least {min_rows} samples, got shape {tuple(x.shape)}")
-    if not bool(xp.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    return x
+    """``x`` as a float array with samples on axis 0 (integers cast to float64)."""
+    return checks.array(name, x, min_ndim=2, min_rows=min_rows, integers="cast")
 
 
 def _check_fitted(obj, attr: str):
@@ -47,14 +32,6 @@ def _check_features(name: str, x, shape):
                          f"feature shape {tuple(shape)}")
 
 
-def _positive_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (
-        0 <= eps < float("inf")
-    ):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    return float(eps)
-
-
 class Standardizer:
     """Per-feature standardization z = (x − μ) / σ with μ, σ of the training set.
 
@@ -66,7 +43,7 @@ class Standardizer:
     """
 
     def __init__(self, eps: float = 1e-8):
-        self.eps = _positive_eps(eps)
+        self.eps = checks.number("eps", eps, low=0)
         self.mean_ = None
         self.std_ = None
 
@@ -108,15 +85,11 @@ class PCAWhitening:
     """
 
     def __init__(self, n_components: int | None = None, eps: float = 1e-5, zca: bool = False):
-        if n_components is not None and (
-            isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral)
-            or n_components < 1
-        ):
-            raise ValueError(f"n_components must be a positive int or None, got {n_components!r}")
+        checks.optional(checks.integer, "n_components", n_components, low=1)
         if zca and n_components is not None:
             raise ValueError("zca=True keeps every component; leave n_components=None")
         self.n_components = n_components
-        self.eps = _positive_eps(eps)
+        self.eps = checks.number("eps", eps, low=0)
         self.zca = bool(zca)
         self.mean_ = None
         self.components_ = None  # (n_features, k), columns = principal directions
@@ -162,22 +135,9 @@ class PCAWhitening:
 
 def one_hot(t, n_classes: int, dtype=np.float32):
     """Integer class ids ``t`` of shape (n,) as one-hot rows of shape (n, n_classes)."""
-    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or (
-        n_classes < 1
-    ):
-        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
+    checks.integer("n_classes", n_classes, low=1)
     xp = array_module(t)
-    if not hasattr(t, "dtype"):
-        t = np.asarray(t)
-    if t.ndim != 1:
-        raise ValueError(f"t must be class ids of shape (n,), got shape {tuple(t.shape)}")
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"t must hold integer class ids, got dtype {t.dtype}")
-    if t.size:
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= n_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"t contains class id {bad}, outside [0, {n_classes})")
+    t = checks.class_ids("t", t, n_classes)
     out = xp.zeros((t.shape[0], n_classes), dtype=dtype)
     out[xp.arange(t.shape[0]), t] = 1
     return out
@@ -199,13 +159,7 @@ def _pair(x, t):
 
 def _permutation(n: int, seed, xp):
     """A permutation of range(n) from a NumPy generator, so it is the same on every backend."""
-    if isinstance(seed, np.random.Generator):
-        rng = seed
-    elif seed is None or (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
-        rng = np.random.default_rng(seed)
-    else:
-        raise TypeError(f"seed must be an int, a numpy Generator or None, got {seed!r}")
-    perm = rng.permutation(n)
+    perm = checks.host_rng("seed", seed).permutation(n)
     return perm if xp is np else xp.asarray(perm)
 
 
@@ -230,10 +184,7 @@ def train_val_split(x, t, val_fraction: float = 0.2, seed=None, shuffle: bool = 
     x, t = _pair(x, t)
     if t is None:
         raise ValueError("t must be given (labels to split along with x)")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not (
-        0 < val_fraction < 1
-    ):
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    checks.fraction("val_fraction", val_fraction)
     n = x.shape[0]
     n_val = int(round(val_fraction * n))
     if n_val < 1 or n_val > n - 1:

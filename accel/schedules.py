@@ -3,12 +3,12 @@
 ========================  =====================================  ===========================
 schedule                  lr(epoch)                              source
 ========================  =====================================  ===========================
-step_decay                lr0 · factor^⌊epoch/step⌋              PyTorch StepLR
-exponential_decay         lr0 · base^epoch (base 0.95)           the course
-inverse_sqrt_decay        k / √epoch (lr0 at epoch 0)            the course, k = lr0
-inverse_time_decay        lr0 / (1 + rate·epoch)                 the course
-staircase_decay           lr0 / (1 + rate·⌊epoch/interval⌋)      the course's fixed-interval
-constant                  lr0
+StepDecay                 lr0 · factor^⌊epoch/step⌋              PyTorch StepLR
+ExponentialDecay          lr0 · base^epoch (base 0.95)           the course
+InverseSqrtDecay          k / √epoch (lr0 at epoch 0)            the course, k = lr0
+InverseTimeDecay          lr0 / (1 + rate·epoch)                 the course
+StaircaseDecay            lr0 / (1 + rate·⌊epoch/interval⌋)      the course's fixed-interval
+Constant                  lr0
 ========================  =====================================  ===========================
 """
 
@@ -26,9 +26,7 @@ class Schedule:
         self.lr0 = float(checks.positive("lr0", lr0))
 
     def __call__(self, epoch) -> float:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch < 0:
-            raise ValueError(f"epoch must be a number >= 0, got {epoch!r}")
-        return self.lr(epoch)
+        return self.lr(checks.number("epoch", epoch, low=0))
 
     def lr(self, epoch) -> float:
         raise NotImplementedError
@@ -38,14 +36,14 @@ class Schedule:
         return f"{type(self).__name__}({args})"
 
 
-class constant(Schedule):
+class Constant(Schedule):
     """lr0 at every epoch."""
 
     def lr(self, epoch):
         return self.lr0
 
 
-class step_decay(Schedule):
+class StepDecay(Schedule):
     """lr0 · factor^⌊epoch/step⌋."""
 
     def __init__(self, lr0, step=10, factor=0.1):
@@ -57,7 +55,7 @@ class step_decay(Schedule):
         return self.lr0 * self.factor ** (epoch // self.step)
 
 
-class exponential_decay(Schedule):
+class ExponentialDecay(Schedule):
     """lr0 · base^epoch (the course's 0.95^epoch)."""
 
     def __init__(self, lr0, base=0.95):
@@ -68,14 +66,14 @@ class exponential_decay(Schedule):
         return self.lr0 * self.base ** epoch
 
 
-class inverse_sqrt_decay(Schedule):
+class InverseSqrtDecay(Schedule):
     """k/√epoch with k = lr0; epoch 0 gives lr0 (1/√0 is undefined)."""
 
     def lr(self, epoch):
         return self.lr0 / math.sqrt(max(epoch, 1))
 
 
-class inverse_time_decay(Schedule):
+class InverseTimeDecay(Schedule):
     """lr0 / (1 + rate·epoch)."""
 
     def __init__(self, lr0, rate=1.0):
@@ -86,7 +84,7 @@ class inverse_time_decay(Schedule):
         return self.lr0 / (1 + self.rate * epoch)
 
 
-class staircase_decay(Schedule):
+class StaircaseDecay(Schedule):
     """lr0 / (1 + rate·⌊epoch/interval⌋): inverse-time decay held fixed for ``interval`` epochs."""
 
     def __init__(self, lr0, rate=1.0, interval=1000):
@@ -98,6 +96,6 @@ class staircase_decay(Schedule):
         return self.lr0 / (1 + self.rate * (epoch // self.interval))
 
 
-SCHEDULES = {cls.__name__: cls for cls in (constant, step_decay, exponential_decay,
-                                           inverse_sqrt_decay, inverse_time_decay,
-                                           staircase_decay)}
+SCHEDULES = {cls.__name__: cls for cls in (Constant, StepDecay, ExponentialDecay,
+                                           InverseSqrtDecay, InverseTimeDecay,
+                                           StaircaseDecay)}

@@ -7,70 +7,21 @@ and raises ``TrainingInterrupted``.
 
 from __future__ import annotations
 
-import signal
+import contextlib
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint, checks
-from .progress import Progress
+from .history import History
+from .interrupt import StepBoundary, TrainingInterrupted
+from .nonfinite import NonFiniteError, NonFiniteGuard
+
+__all__ = ["Trainer", "History", "NonFiniteError", "TrainingInterrupted"]
 
 CHECKPOINT_NAME = "last.npz"
-NONFINITE_MODES = ("raise", "skip", None)
-
-
-class NonFiniteError(FloatingPointError):
-    """The loss or a gradient became NaN/Inf; ``iteration``, ``epoch`` and ``names`` (the
-    parameters whose gradient is not finite) say where. The step was not applied."""
-
-    def __init__(self, message, iteration=None, epoch=None, names=()):
-        super().__init__(message)
-        self.iteration, self.epoch, self.names = iteration, epoch, tuple(names)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped ``Trainer.fit`` at a step boundary. ``checkpoint`` is the path of the
-    checkpoint written on the way out (None when checkpointing is off), ``history`` the
-    History so far. A KeyboardInterrupt, so an uncaught one ends a script as Ctrl-C does."""
-
-    def __init__(self, message, checkpoint=None, history=None):
-        super().__init__(message)
-        self.checkpoint, self.history = checkpoint, history
-
-
-@dataclass
-class History:
-    """What a run recorded: loss per iteration; accuracies and lr per evaluation.
-
-    ``epoch[i]`` is the (possibly fractional, when stopped by ``max_iterations``) epoch at
-    which ``train_acc[i]`` and ``test_acc[i]`` were measured; index 0 is before training.
-    """
-
-    train_loss: list = field(default_factory=list)
-    epoch: list = field(default_factory=list)
-    train_acc: list = field(default_factory=list)
-    test_acc: list = field(default_factory=list)
-    lr: list = field(default_factory=list)
-    iterations: int = 0
-    elapsed_s: float = 0.0
-    skipped_steps: int = 0  # steps not applied because of NaN/Inf (on_nonfinite="skip")
-    skipped: list = field(default_factory=list)  # their iteration numbers (1-based)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> History:
-        """The History ``to_dict`` described (unknown keys refused)."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"History.from_dict: unknown keys {sorted(unknown)}")
-        return cls(**{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()})
 
 
 class Trainer:
@@ -80,8 +31,12 @@ class Trainer:
     two trainers with the same seed see the same mini-batches), including the last partial
     batch; ``max_iterations`` stops early. ``schedule(epoch)`` sets ``optimizer.lr`` at the
     start of each epoch. Every ``evaluate_every`` epochs (and after the last) the accuracies
-    are measured on ``evaluate_sample`` samples of each set (all when None). Progress is a bar on a
-    terminal and one line per epoch otherwise; ``verbose=False`` prints nothing.
+    are measured on ``evaluate_sample`` samples of each set (all when None): training data,
+    ``validation_data=(x_val, t_val)`` into ``History.val_acc``, and (x_test, t_test) into
+    ``History.test_acc``; then ``on_evaluate(trainer)`` is called, if given (an exception it
+    raises, e.g. a search's "prune this trial", ends ``fit``). Progress is a tqdm bar on a
+    terminal or in a notebook and one line per evaluation otherwise; ``verbose=False``
+    prints nothing.
 
     Reliability:
 
@@ -93,6 +48,8 @@ class Trainer:
       continue from. The resumed run is bit-identical to an uninterrupted one on the same
       backend. Pass the same network architecture, optimizer type, data and batch size;
       ``epochs`` may be larger than the saved run's (to train longer).
+    - ``fit()`` called again on the same trainer (after Ctrl-C, or with a larger
+      ``epochs``/``max_iterations``) continues exactly where it stopped, as a resume would.
     - ``on_nonfinite``: "raise" (default) stops with NonFiniteError naming the iteration and
       the parameters whose gradient is NaN/Inf; "skip" drops that step (no update, BatchNorm
       running statistics restored) and counts it in ``History.skipped_steps``; None turns the
@@ -105,58 +62,61 @@ class Trainer:
     def __init__(self, network, optimizer, x_train, t_train, x_test=None, t_test=None, *,
                  epochs=20, batch_size=100, schedule=None, evaluate_sample=None,
                  evaluate_every=1, max_iterations=None, seed=None, verbose=True,
-                 checkpoint_dir=None, checkpoint_every=None, resume=None,
-                 on_nonfinite="raise"):
+                 validation_data=None, on_evaluate=None, checkpoint_dir=None,
+                 checkpoint_every=None, resume=None, on_nonfinite="raise"):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
         if not callable(getattr(optimizer, "update", None)):
             raise TypeError(f"optimizer must have an update(params, grads) method, got "
                             f"{optimizer!r}")
-        if schedule is not None and not callable(schedule):
-            raise TypeError(f"schedule must be a callable epoch -> lr, got {schedule!r}")
-        if on_nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"on_nonfinite={on_nonfinite!r} is not one of {NONFINITE_MODES}")
-        self.on_nonfinite = on_nonfinite
+        for name, fn in (("schedule", schedule), ("on_evaluate", on_evaluate)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {fn!r}")
+        self.on_evaluate = on_evaluate
+        self.guard = NonFiniteGuard(network, on_nonfinite)
         if checkpoint_every is not None:
             checks.positive("checkpoint_every", checkpoint_every, integer=True)
             if checkpoint_dir is None:
                 raise ValueError(f"checkpoint_every={checkpoint_every!r} needs checkpoint_dir")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.checkpoint_every = checkpoint_every or 1
-        if resume is True:
-            if self.checkpoint_dir is None:
-                raise ValueError("resume=True needs checkpoint_dir (or pass a checkpoint path)")
-            resume = self.checkpoint_path if self.checkpoint_path.is_file() else None
-        elif resume is False:
-            resume = None
-        elif resume is not None:
-            if not isinstance(resume, (str, Path)):
-                raise TypeError(f"resume must be a path or True, got {resume!r}")
-            if not Path(resume).is_file():
-                raise FileNotFoundError(f"resume={str(resume)!r}: no checkpoint file there")
-        self.resume = resume
+        self.resume = self._resume_path(resume)
         self.epochs = checks.positive("epochs", epochs, integer=True)
         self.batch_size = checks.positive("batch_size", batch_size, integer=True)
-        if max_iterations is not None:
-            checks.positive("max_iterations", max_iterations, integer=True)
-        if evaluate_sample is not None:
-            checks.positive("evaluate_sample", evaluate_sample, integer=True)
-        self.max_iterations, self.evaluate_sample = max_iterations, evaluate_sample
+        self.max_iterations = checks.optional(checks.positive, "max_iterations", max_iterations,
+                                              integer=True)
+        self.evaluate_sample = checks.optional(checks.positive, "evaluate_sample",
+                                               evaluate_sample, integer=True)
         self.evaluate_every = checks.positive("evaluate_every", evaluate_every, integer=True)
         self.verbose = verbose
         # Checked and moved to the device once, so the loop itself does no checking.
-        self.x_train = network._x(x_train)
-        self.t_train = network._t(t_train, self.x_train.shape[0])
-        self.x_test = self.t_test = None
+        self.x_train, self.t_train = network.prepare(x_train, t_train)
         if (x_test is None) != (t_test is None):
             raise ValueError("x_test and t_test must be given together")
-        if x_test is not None:
-            self.x_test = network._x(x_test)
-            self.t_test = network._t(t_test, self.x_test.shape[0])
+        self.test = None if x_test is None else network.prepare(x_test, t_test)
+        if validation_data is not None and (
+                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+            raise TypeError("validation_data must be a pair (x_val, t_val), got "
+                            f"{type(validation_data).__name__}")
+        self.validation = None if validation_data is None else network.prepare(
+            *validation_data)
         self.rng = np.random.default_rng(checks.seed("seed", seed))
         self.history = History()
         self.epoch, self.offset = 0, 0  # where the next step starts: epoch, sample index
         self._epoch_rng_state = None  # the shuffling state before this epoch's permutation
         self.last_checkpoint = None
+
+    def _resume_path(self, resume):
+        if resume is True:
+            if self.checkpoint_dir is None:
+                raise ValueError("resume=True needs checkpoint_dir (or pass a checkpoint path)")
+            return self.checkpoint_path if self.checkpoint_path.is_file() else None
+        if resume is None or resume is False:
+            return None
+        if not isinstance(resume, (str, Path)):
+            raise TypeError(f"resume must be a path or True, got {resume!r}")
+        if not Path(resume).is_file():
+            raise FileNotFoundError(f"resume={str(resume)!r}: no checkpoint file there")
+        return resume
 
     @property
     def n_train(self) -> int:
@@ -170,136 +130,33 @@ class Trainer:
     def iterations_per_epoch(self) -> int:
         return -(-self.n_train // self.batch_size)
 
-    def _sample(self, x, t):
-        n = self.evaluate_sample
-        if n is None or n >= x.shape[0]:
-            return x, t
-        return x[:n], t[:n]
+    # -- one evaluation, one step
 
     def evaluate(self, epoch) -> None:
-        """Record train/test accuracy at ``epoch``."""
-        h, net = self.history, self.network
+        """Record the accuracies (and lr) at ``epoch``, then call ``on_evaluate``."""
+        h, n = self.history, self.evaluate_sample
         h.epoch.append(epoch)
-        h.train_acc.append(net._accuracy(*self._sample(self.x_train, self.t_train)))
-        if self.x_test is not None:
-            h.test_acc.append(net._accuracy(*self._sample(self.x_test, self.t_test)))
+        for acc, data in ((h.train_acc, (self.x_train, self.t_train)),
+                          (h.val_acc, self.validation), (h.test_acc, self.test)):
+            if data is not None:
+                acc.append(self.network.accuracy(data[0][:n], data[1][:n]))
         h.lr.append(self.optimizer.lr)
+        if self.on_evaluate is not None:
+            self.on_evaluate(self)
 
-    def step(self, x, t) -> bool:
-        """One mini-batch: gradient, non-finite check, then optimizer update. Returns False
-        when the step was skipped (on_nonfinite="skip"); raises NonFiniteError ("raise")."""
-        net = self.network
-        if self.on_nonfinite is None:
-            self.optimizer.update(net.params, net._gradient(x, t))
-            return True
-        bns = net.batchnorm_layers()
-        saved = [(bn.running_mean.copy(), bn.running_var.copy()) for bn in bns]
-        grads = net._gradient(x, t)
-        # One reduction over the flat buffer; NaN and ±Inf survive a sum.
-        if bool(net.backend.xp.isfinite(net.last_loss + grads.flat.sum())):
-            self.optimizer.update(net.params, grads)
-            return True
-        for bn, (mean, var) in zip(bns, saved):  # the bad forward pass moved them
-            bn.running_mean[...] = mean
-            bn.running_var[...] = var
-        iteration = self.history.iterations + 1
-        if self.on_nonfinite == "raise":
-            raise self._nonfinite_error(iteration)
-        self.history.skipped_steps += 1
-        self.history.skipped.append(iteration)
-        return False
-
-    def _nonfinite_error(self, iteration) -> NonFiniteError:
-        """Name the parameters whose gradient holds NaN/Inf (found through the offsets of
-        their views in the flat buffer; this runs only after the cheap check failed)."""
-        net, xp = self.network, self.network.backend.xp
-        grads = net.grads
-        loss = float(net.last_loss)
-        bad = [k for k, (a, b) in grads.offsets().items()
-               if not bool(xp.isfinite(grads.flat[a:b]).all())]
-        where = f"iteration {iteration} (epoch {self.epoch + 1})"
-        if bad:
-            what = f"the gradient of {', '.join(bad)} contains NaN/Inf (loss {loss})"
-        elif not np.isfinite(loss):
-            what = f"the loss is {loss} (every gradient is finite)"
-        else:
-            big = max(grads.offsets().items(),
-                      key=lambda kv: float(xp.abs(grads.flat[kv[1][0]:kv[1][1]]).max()))[0]
-            what = f"the gradient's sum overflows {grads.flat.dtype} (largest in {big})"
-        return NonFiniteError(
-            f"non-finite values at {where}: {what}; the step was not applied. Lower the "
-            "learning rate, check the inputs, or pass on_nonfinite='skip'",
-            iteration=iteration, epoch=self.epoch + 1, names=bad)
-
-    # -- checkpoints
-
-    def state(self) -> tuple[dict, dict]:
-        """(header, arrays) of a Trainer checkpoint at the current step boundary."""
+    def step(self, x, t):
+        """One mini-batch: gradient, non-finite check, optimizer update. Returns the loss
+        (a 0-d device array); a step skipped by on_nonfinite="skip" is counted in the
+        history and not applied."""
         h = self.history
-        net_section, arrays = self.network.state()
-        sd = self.optimizer.state_dict()
-        for key, named in sd["state"].items():
-            for n, a in named.items():
-                arrays[f"optimizer/{key}/{n}"] = a
-        rng = self._epoch_rng_state if self.offset else self.rng.bit_generator.state
-        hist = h.to_dict()
-        arrays["history/train_loss"] = np.asarray(hist.pop("train_loss"), dtype=np.float64)
-        header = {
-            "kind": "trainer",
-            "network": net_section,
-            "optimizer": {"type": sd["type"], "hyperparameters": sd["hyperparameters"],
-                          "t": sd["t"], "keys": list(sd["state"])},
-            "trainer": {"epoch": self.epoch, "offset": self.offset, "rng": rng,
-                        "n_train": self.n_train, "batch_size": self.batch_size,
-                        "epochs": self.epochs, "history": hist},
-        }
-        return header, arrays
-
-    def save_checkpoint(self, path=None) -> Path:
-        """Write a checkpoint (default ``checkpoint_path``) atomically; returns its path."""
-        path = self.checkpoint_path if path is None else Path(path)
-        if path is None:
-            raise ValueError("save_checkpoint needs a path when checkpoint_dir is not set")
-        header, arrays = self.state()
-        self.last_checkpoint = checkpoint.save(path, header, arrays)
-        return self.last_checkpoint
-
-    def load_checkpoint(self, path) -> None:
-        """Restore network, optimizer, position, shuffling generator and history from the
-        Trainer checkpoint at ``path`` (CheckpointError/ValueError if it does not fit)."""
-        header, arrays = checkpoint.load(path)
-        if header.get("kind") != "trainer":
-            raise checkpoint.CheckpointError(
-                f"{path}: a {header.get('kind')!r} checkpoint, not a Trainer checkpoint")
-        try:
-            tr, opt = header["trainer"], header["optimizer"]
-            for name, mine in (("n_train", self.n_train), ("batch_size", self.batch_size)):
-                if tr[name] != mine:
-                    raise ValueError(f"{path}: saved with {name}={tr[name]}, this trainer has "
-                                     f"{name}={mine}; resume needs the same data and batches")
-            if opt["type"] != type(self.optimizer).__name__:
-                raise ValueError(f"{path}: saved with a {opt['type']} optimizer, this trainer "
-                                 f"has {type(self.optimizer).__name__}")
-            state = {key: {n: arrays[f"optimizer/{key}/{n}"]
-                           for n in type(self.optimizer).state_names} for key in opt["keys"]}
-            hist = dict(tr["history"], train_loss=arrays["history/train_loss"].tolist())
-            history = History.from_dict(hist)
-            epoch, offset, rng = int(tr["epoch"]), int(tr["offset"]), tr["rng"]
-            if not 0 <= offset < self.n_train or epoch < 0:
-                raise checkpoint.CheckpointError(f"{path}: bad position epoch={epoch}, "
-                                                 f"offset={offset}")
-            rng_type = rng["bit_generator"]
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise checkpoint.CheckpointError(
-                f"{path}: malformed Trainer checkpoint ({type(exc).__name__}: {exc})") from exc
-        if rng_type != type(self.rng.bit_generator).__name__:
-            raise checkpoint.CheckpointError(f"{path}: shuffling generator {rng_type!r}")
-        self.network.load_state(header["network"], arrays, path)
-        self.optimizer.load_state_dict(
-            {"type": opt["type"], "hyperparameters": opt["hyperparameters"], "t": opt["t"],
-             "state": state}, backend=self.network.backend)
-        self.rng.bit_generator.state = rng
-        self.history, self.epoch, self.offset = history, epoch, offset
+        loss, grads = self.guard.loss_and_grads(x, t, h.iterations + 1, self.epoch + 1)
+        h.iterations += 1
+        if grads is None:
+            h.skipped_steps += 1
+            h.skipped.append(h.iterations)
+        else:
+            self.optimizer.update(self.network.params, grads)
+        return loss
 
     # -- the loop
 
@@ -311,124 +168,220 @@ class Trainer:
         if self.resume is not None:
             path, self.resume = self.resume, None  # a second fit() continues from memory
             self.load_checkpoint(path)
-            if self.verbose:
-                print(f"accel: resumed from {path} at epoch {self.epoch + 1}, iteration "
-                      f"{self.history.iterations}", file=sys.stderr)
+            self._say(f"resumed from {path} at epoch {self.epoch + 1}, iteration "
+                      f"{self.history.iterations}")
         elif not self.history.epoch:
             if self.schedule is not None:
                 self.optimizer.lr = self.schedule(0)
             self.evaluate(0)
-        with _SigintFlag() as sigint:
+        with StepBoundary() as stop, _progress_logging(self._bar_wanted()):
             try:
-                return self._loop(sigint)
+                while self.epoch < self.epochs and not self._at_max_iterations():
+                    self._run_epoch(stop)
             except KeyboardInterrupt as exc:
-                if isinstance(exc, TrainingInterrupted):
-                    raise
-                last = f"; the last checkpoint is {self.last_checkpoint}" if (
-                    self.last_checkpoint) else ""
-                print(f"accel: stopped at once, no checkpoint written{last}", file=sys.stderr)
+                if not isinstance(exc, TrainingInterrupted):
+                    last = f"; the last checkpoint is {self.last_checkpoint}" if (
+                        self.last_checkpoint) else ""
+                    self._say(f"stopped at once, no checkpoint written{last}", always=True)
                 raise
+        return self.history
 
-    def _loop(self, sigint) -> History:
-        h, net, xp = self.history, self.network, self.network.backend.xp
-        start, elapsed0 = time.perf_counter(), h.elapsed_s
-        skip_single = net.batchnorm  # a batch of one has no variance to normalize by
-        per_epoch = self.iterations_per_epoch()
-        done = self.max_iterations is not None and h.iterations >= self.max_iterations
-        while self.epoch < self.epochs and not done:
-            epoch = self.epoch
-            if self.offset == 0 and self.schedule is not None:
-                self.optimizer.lr = self.schedule(epoch)
-            bar = Progress(per_epoch, f"epoch {epoch + 1}/{self.epochs}", enabled=self.verbose)
-            self._epoch_rng_state = self.rng.bit_generator.state
-            order = xp.asarray(self.rng.permutation(self.n_train))
-            losses = []
-            s = self.offset
-            for s in range(self.offset, self.n_train, self.batch_size):
-                idx = order[s:s + self.batch_size]
-                if not (skip_single and idx.shape[0] < 2):
-                    self.step(self.x_train[idx], self.t_train[idx])
-                    losses.append(net.last_loss)
-                    h.iterations += 1
-                    if self.verbose and bar.tty:
-                        bar.update(1, loss=float(net.last_loss))
-                self.offset = min(s + self.batch_size, self.n_train) % self.n_train
-                done = self.max_iterations is not None and h.iterations >= self.max_iterations
-                if sigint.hit and self.offset:
-                    self._flush(losses)
-                    h.elapsed_s = elapsed0 + time.perf_counter() - start
-                    self._interrupted()
-                if done:
-                    break
-            # Losses stay on the device until the epoch ends: one transfer, not one per step.
-            self._flush(losses)
-            frac = (s + self.batch_size) / self.n_train if done else 1.0
-            last = done or epoch + 1 >= self.epochs
-            info = {"loss": h.train_loss[-1] if h.train_loss else float("nan")}
-            if last or (epoch + 1) % self.evaluate_every == 0:
-                self.evaluate(round(epoch + min(frac, 1.0), 4))
-                info["train_acc"] = h.train_acc[-1]
-                if h.test_acc:
-                    info["test_acc"] = h.test_acc[-1]
-            elif not bar.tty:
-                bar.enabled = False  # a plain log gets a line per evaluation only
-            self.epoch, self.offset = epoch + 1, 0
-            info["lr"] = self.optimizer.lr
-            bar.close(**info)
-            h.elapsed_s = elapsed0 + time.perf_counter() - start
-            if self.checkpoint_dir is not None and (
-                    last or self.epoch % self.checkpoint_every == 0 or sigint.hit):
-                self.save_checkpoint()
-            if sigint.hit:
-                self._interrupted()
-        h.elapsed_s = elapsed0 + time.perf_counter() - start
-        return h
-
-    def _flush(self, losses) -> None:
+    def _run_epoch(self, stop) -> None:
+        """The rest of the current epoch (all of it, unless it is being continued)."""
+        h, epoch = self.history, self.epoch
+        self._clock = time.perf_counter()
+        if self.offset == 0 and self.schedule is not None:
+            self.optimizer.lr = self.schedule(epoch)
+        order = self._epoch_order()
+        bar = self._bar(epoch)
+        losses = []
+        for s in range(self.offset, self.n_train, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            if idx.shape[0] > 1 or not self.network.batchnorm:  # BN: one sample has no var
+                losses.append(self.step(self.x_train[idx], self.t_train[idx]))
+                if bar is not None:
+                    bar.update(1)
+                    if h.iterations % 20 == 0:
+                        bar.set_postfix(loss=f"{float(losses[-1]):.4g}", refresh=False)
+            self.offset = (s + idx.shape[0]) % self.n_train
+            if stop.hit or self._at_max_iterations():
+                break
+        # Losses stay on the device until here: one transfer per epoch, not one per step.
         if losses:
-            xp = self.network.backend.xp
-            self.history.train_loss.extend(xp.stack(losses).astype(float).tolist())
-            losses.clear()
+            self.history.train_loss.extend(
+                self.network.backend.xp.stack(losses).astype(float).tolist())
+        self._tick()
+        if stop.hit and self.offset:
+            self._interrupted(bar)
+        if self.offset == 0:
+            self.epoch += 1
+        last = self.epoch >= self.epochs or self._at_max_iterations()
+        if last or (self.offset == 0 and self.epoch % self.evaluate_every == 0):
+            self.evaluate(round(epoch + (self.offset / self.n_train or 1.0), 4))
+            self._tick()
+            self._report(bar, epoch)
+        elif bar is not None:
+            bar.close()
+        if self.checkpoint_dir is not None and (
+                last or self.epoch % self.checkpoint_every == 0 or stop.hit):
+            self.save_checkpoint()
+        self._tick()
+        if stop.hit:
+            self._interrupted(None)
 
-    def _interrupted(self):
-        h = self.history
-        where = f"epoch {self.epoch + 1}, iteration {h.iterations}"
+    def _tick(self) -> None:
+        """Add the time since the last tick to ``History.elapsed_s``."""
+        now = time.perf_counter()
+        self.history.elapsed_s += now - self._clock
+        self._clock = now
+
+    def _at_max_iterations(self) -> bool:
+        return self.max_iterations is not None and self.history.iterations >= self.max_iterations
+
+    def _epoch_order(self):
+        """This epoch's permutation of the training set: a fresh draw at its start, the same
+        draw again when the epoch is being continued (after Ctrl-C, a resume, or a stop at
+        max_iterations), so every sample is still seen once."""
+        if self.offset == 0:
+            self._epoch_rng_state = self.rng.bit_generator.state
+        else:
+            self.rng.bit_generator.state = self._epoch_rng_state
+        return self.network.backend.xp.asarray(self.rng.permutation(self.n_train))
+
+    def _interrupted(self, bar):
+        if bar is not None:
+            bar.close()
+        where = f"epoch {self.epoch + 1}, iteration {self.history.iterations}"
         if self.checkpoint_dir is None:
+            path = None
             msg = (f"interrupted at {where}; no checkpoint written (pass checkpoint_dir= to "
                    "keep one)")
-            path = None
         else:
             path = self.last_checkpoint if self.offset == 0 and self.last_checkpoint else \
                 self.save_checkpoint()
             msg = (f"interrupted at {where}; checkpoint written to {path} (continue with "
                    f"Trainer(..., resume={str(path)!r}))")
-        print(f"accel: {msg}", file=sys.stderr)
-        raise TrainingInterrupted(msg, checkpoint=path, history=h)
+        self._say(msg, always=True)
+        raise TrainingInterrupted(msg, checkpoint=path, history=self.history)
+
+    # -- progress
+
+    def _bar_wanted(self) -> bool:
+        return bool(self.verbose) and _interactive()
+
+    def _bar(self, epoch):
+        """A tqdm bar for the epoch on a terminal or in a notebook; None elsewhere."""
+        if not self._bar_wanted():
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.iterations_per_epoch(), initial=-(-self.offset //
+                    self.batch_size), desc=f"epoch {epoch + 1}/{self.epochs}", leave=True,
+                    file=sys.stderr, dynamic_ncols=True)
+
+    def _report(self, bar, epoch) -> None:
+        """The evaluation's numbers: as the bar's last state, or one plain line."""
+        h = self.history
+        info = {"loss": h.train_loss[-1] if h.train_loss else float("nan"),
+                "train_acc": h.train_acc[-1]}
+        if h.val_acc:
+            info["val_acc"] = h.val_acc[-1]
+        if h.test_acc:
+            info["test_acc"] = h.test_acc[-1]
+        info["lr"] = self.optimizer.lr
+        text = "  ".join(f"{k} {v:.4g}" for k, v in info.items())
+        if bar is not None:
+            bar.set_postfix_str(text, refresh=False)
+            bar.close()
+        elif self.verbose:
+            print(f"epoch {epoch + 1}/{self.epochs}  {text}  ({h.elapsed_s:.1f}s)",
+                  file=sys.stderr, flush=True)
+
+    def _say(self, msg, always=False) -> None:
+        """A status line on stderr (Ctrl-C's always: the user asked for it)."""
+        if self.verbose or always:
+            print(f"accel: {msg}", file=sys.stderr, flush=True)
+
+    # -- checkpoints: the state protocol
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs: the network's and the optimizer's ``state_dict``, the
+        position (epoch, sample offset), the shuffling generator's state at the start of the
+        current epoch (its permutation is drawn again on resume), the data's size, the batch
+        size and the history."""
+        hist = self.history.to_dict()
+        hist["train_loss"] = np.asarray(hist["train_loss"], dtype=np.float64)
+        rng = self._epoch_rng_state if self.offset else self.rng.bit_generator.state
+        return {
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": {"epoch": self.epoch, "offset": self.offset, "rng": rng,
+                        "n_train": self.n_train, "batch_size": self.batch_size,
+                        "epochs": self.epochs, "history": hist},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned; it must fit this trainer (same data size,
+        batch size, architecture, optimizer type). Checked before anything changes."""
+        tr = state["trainer"]
+        for name, mine in (("n_train", self.n_train), ("batch_size", self.batch_size)):
+            if tr[name] != mine:
+                raise ValueError(f"saved with {name}={tr[name]}, this trainer has "
+                                 f"{name}={mine}; resume needs the same data and batches")
+        opt = state["optimizer"]
+        if opt["type"] != type(self.optimizer).__name__:
+            raise ValueError(f"saved with a {opt['type']} optimizer, this trainer has "
+                             f"{type(self.optimizer).__name__}")
+        history = History.from_dict(tr["history"])
+        epoch, offset, rng = tr["epoch"], tr["offset"], tr["rng"]
+        if not (isinstance(epoch, int) and isinstance(offset, int)
+                and 0 <= offset < self.n_train and epoch >= 0):
+            raise ValueError(f"bad position epoch={epoch!r}, offset={offset!r}")
+        if rng["bit_generator"] != type(self.rng.bit_generator).__name__:
+            raise ValueError(f"shuffling generator {rng['bit_generator']!r}")
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(opt, backend=self.network.backend)
+        self.rng.bit_generator.state = rng
+        self._epoch_rng_state = rng
+        self.history, self.epoch, self.offset = history, epoch, offset
+
+    def save_checkpoint(self, path=None) -> Path:
+        """Write a checkpoint (default ``checkpoint_path``) atomically; returns its path."""
+        path = self.checkpoint_path if path is None else Path(path)
+        if path is None:
+            raise ValueError("save_checkpoint needs a path when checkpoint_dir is not set")
+        self.last_checkpoint = checkpoint.save(path, self.state_dict(), kind="trainer")
+        return self.last_checkpoint
+
+    def load_checkpoint(self, path) -> None:
+        """Restore network, optimizer, position, shuffling generator and history from the
+        Trainer checkpoint at ``path`` (CheckpointError naming the file if it does not fit)."""
+        header = checkpoint.load(path)
+        if header.get("kind") != "trainer":
+            raise checkpoint.CheckpointError(
+                f"{path}: a {header.get('kind')!r} checkpoint, not a Trainer checkpoint")
+        if header["format_version"] < 2:
+            raise checkpoint.CheckpointError(
+                f"{path}: a Trainer checkpoint of format version {header['format_version']} "
+                f"(accel {header.get('accel_version', '?')}); this accel resumes from format "
+                f"{checkpoint.FORMAT_VERSION} only. Its network still loads with "
+                "MultiLayerNet.load(path)")
+        checkpoint.restore(self, header["state"], path)
 
 
-class _SigintFlag:
-    """While active (in the main thread, when SIGINT has Python's default handler), the
-    first Ctrl-C only sets ``hit``, so the loop stops at a step boundary with consistent
-    state; a second Ctrl-C raises KeyboardInterrupt at once."""
+def _interactive() -> bool:
+    """True on a terminal or in a Jupyter kernel: where a live bar can be redrawn."""
+    if getattr(sys.stderr, "isatty", lambda: False)():
+        return True
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
 
-    def __init__(self):
-        self.hit = False
-        self._previous = None
 
-    def __enter__(self):
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
+def _progress_logging(bar: bool):
+    """Route logging through tqdm while a bar is live, so log lines do not break it."""
+    if not bar:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    def _handler(self, signum, frame):
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
-        print("\naccel: interrupt received, stopping after this step (Ctrl-C again to stop at "
-              "once)", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
+    return logging_redirect_tqdm()

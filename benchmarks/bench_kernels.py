@@ -170,9 +170,10 @@ def bench_mlp(quick, torch_rows, profile=False):
         net = MultiLayerNet(MLP["input_size"], MLP["hidden"], MLP["output_size"],
                             dtype=np.float32, backend="numpy", seed=0)
         opt = optim.Adam(lr=1e-3)
+        x, t = net.prepare(x, t)
 
         def step(net=net, opt=opt):
-            opt.update(net.params, net._gradient(x, t))
+            opt.update(net.params, net.loss_and_grads(x, t)[1])
 
         with dispatch.use(label):
             out[f"{label}_s"] = median_time(step, 15 if quick else 101, warmup=5)
@@ -196,8 +197,9 @@ def profile_mlp(net, opt, x, t, reps=200):
     from accel import dispatch
 
     parts = {}
-    grads = net._gradient(x, t)
-    parts["forward+loss"] = median_time(lambda: net._loss(x, t, True), reps)
+    grads = net.loss_and_grads(x, t)[1]
+    parts["forward+loss (input checked)"] = median_time(lambda: net.loss(x, t, train=True),
+                                                        reps)
     parts["backward(all layers)"] = median_time(lambda: _backward(net), reps)
     parts["adam update (1 fused call)"] = median_time(lambda: opt.update(net.params, grads),
                                                       reps)
@@ -321,9 +323,10 @@ def mlp_worker(spec):
     net = MultiLayerNet(MLP["input_size"], MLP["hidden"], MLP["output_size"],
                         dtype=np.float32, backend="numpy", seed=0)
     opt = optim.Adam(lr=1e-3)
+    x, t = net.prepare(x, t)
 
     def step():
-        opt.update(net.params, net._gradient(x, t))
+        opt.update(net.params, net.loss_and_grads(x, t)[1])
 
     print(json.dumps({"mlp": median_time(step, 15 if spec["quick"] else 101, warmup=5)}))
 
@@ -369,7 +372,7 @@ def bench_gpu(quick):
     from accel import backend
 
     if not backend.cupy_available():
-        return [], f"no GPU rows: CuPy backend unavailable ({backend._cupy_error})"
+        return [], f"no GPU rows: CuPy backend unavailable ({backend.cupy_unavailable_reason()})"
     import cupy
     from cupyx.profiler import benchmark
 

@@ -27,18 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+import accel
+from accel import datasets, dispatch
+from accel.ewma import ewma
+
 HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:  # run from a clone without installing
-    sys.path.insert(0, str(HERE.parent))
-
-import accel  # noqa: E402
-from accel import datasets  # noqa: E402
-from accel.ewma import ewma  # noqa: E402
-
-try:
-    from accel import dispatch
-except ImportError:  # a tree without the fused kernels
-    dispatch = None
 
 DEFAULT_OUT = HERE / "out"
 IMAGE_DATASETS = ("mnist", "fashion-mnist")
@@ -90,16 +83,12 @@ def config_from(args, defaults: dict, quick: dict, names=()) -> dict:
 
 def kernel_path() -> str:
     """"fused" or "reference": the path ``accel.dispatch`` takes for optimizer updates and
-    batch norm ("reference" when this accel has no dispatch module)."""
-    if dispatch is None:
-        return "reference"
+    batch norm."""
     return dispatch.mode()
 
 
 def kernel_calls() -> dict:
     """{"op/path": count} since ``start()``: which path each op actually took."""
-    if dispatch is None:
-        return {}
     return {f"{op}/{path}": n for (op, path), n in sorted(dispatch.calls().items())}
 
 
@@ -116,8 +105,7 @@ class Run:
 def start(args) -> Run:
     """Pick the backend and print the backend, kernel path and dataset."""
     backend = accel.get_backend(args.backend)
-    if dispatch is not None:
-        dispatch.reset_calls()
+    dispatch.reset_calls()
     dataset = getattr(args, "dataset", None) or "(none: synthetic input)"
     print(f"[{args.experiment}] backend: {backend.name}   kernel path: {kernel_path()}   "
           f"dataset: {dataset}" + ("   (quick)" if args.quick else ""), flush=True)

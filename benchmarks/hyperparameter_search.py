@@ -46,11 +46,11 @@ def objective(params):
     k = int(max(t.max(), tv.max())) + 1
     net = accel.MultiLayerNet(x.shape[1], d["hidden"], k, weight_decay=params["weight_decay"],
                               backend=d["backend"], seed=d["seed"])
-    h = accel.Trainer(net, optim.SGD(params["lr"]), x, t, xv, tv, epochs=d["epochs"],
-                      batch_size=d["batch_size"], seed=d["seed"], verbose=False,
-                      on_nonfinite=None).fit()
-    return h.test_acc[-1], {"val_acc": h.test_acc, "train_acc": h.train_acc,
-                            "final_train_acc": h.train_acc[-1]}
+    h = accel.Trainer(net, optim.SGD(params["lr"]), x, t, validation_data=(xv, tv),
+                      epochs=d["epochs"], batch_size=d["batch_size"], seed=d["seed"],
+                      verbose=False, on_nonfinite=None).fit()
+    return h.val_acc[-1], {"val_acc": h.val_acc, "train_acc": h.train_acc,
+                           "final_train_acc": h.train_acc[-1]}
 
 
 def main(argv=None):

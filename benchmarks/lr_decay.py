@@ -43,15 +43,15 @@ def make_optimizer(name, lr):
 
 def make_schedule(kind, lr0, cfg):
     if kind == "no decay":
-        return schedules.constant(cfg["lr_no_decay"])
+        return schedules.Constant(cfg["lr_no_decay"])
     if kind == "inverse-time":
-        return schedules.inverse_time_decay(lr0, rate=cfg["decay_rate"])
+        return schedules.InverseTimeDecay(lr0, rate=cfg["decay_rate"])
     if kind == "staircase":
-        return schedules.staircase_decay(lr0, rate=cfg["decay_rate"],
+        return schedules.StaircaseDecay(lr0, rate=cfg["decay_rate"],
                                          interval=cfg["time_interval"])
     if kind == "exponential":
-        return schedules.exponential_decay(lr0, base=cfg["exp_base"])
-    return schedules.inverse_sqrt_decay(lr0)
+        return schedules.ExponentialDecay(lr0, base=cfg["exp_base"])
+    return schedules.InverseSqrtDecay(lr0)
 
 
 def main(argv=None):

@@ -8,14 +8,16 @@ import pytest
 
 from accel import backend as backend_mod
 
-DATA_DIR = Path(os.environ.get("ACCEL_DATA_DIR", Path(__file__).parents[2] / "shared" / "data")).resolve()
+# resolved: tests copy and link the files into temporary folders
+DATA_DIR = Path(os.environ.get("ACCEL_DATA_DIR",
+                               Path(__file__).parents[2] / "shared" / "data")).resolve()
 
 
 @pytest.fixture(params=["numpy", "cupy"])
 def backend(request):
     """The Backend to run the test on; the CuPy run is skipped, with the reason, without a GPU."""
     if request.param == "cupy" and not backend_mod.cupy_available():
-        pytest.skip(f"CuPy backend unavailable: {backend_mod._cupy_error}")
+        pytest.skip(f"CuPy backend unavailable: {backend_mod.cupy_unavailable_reason()}")
     return backend_mod.get_backend(request.param)
 
 

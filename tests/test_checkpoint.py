@@ -60,10 +60,12 @@ def test_file_is_an_npz_with_a_json_header_and_no_backend(tmp_path):
 
 def test_load_checks_the_architecture_it_is_loaded_into(tmp_path):
     path = small_net("numpy").save(tmp_path / "a.npz")
-    header, arrays = checkpoint.load(path)
+    state = checkpoint.load(path)["state"]["network"]
     other = small_net("numpy", batchnorm=False)
+    with pytest.raises(ValueError, match="batchnorm"):
+        other.load_state_dict(state)
     with pytest.raises(CheckpointError, match="batchnorm"):
-        other.load_state(header["network"], arrays, path)
+        checkpoint.restore(other, state, path)
 
 
 def test_crash_mid_save_leaves_the_previous_file(tmp_path, monkeypatch):
@@ -209,7 +211,7 @@ def _trainer(backend, tmp_path=None, **kw):
     x, t = toy(n=45)
     net = small_net(backend)
     kw = {"epochs": 4, "batch_size": 8, "seed": 3, "verbose": False,
-          "schedule": schedules.exponential_decay(0.01, 0.9), **kw}
+          "schedule": schedules.ExponentialDecay(0.01, 0.9), **kw}
     if tmp_path is not None:
         kw.setdefault("checkpoint_dir", tmp_path)
     return Trainer(net, optim.Adam(lr=0.01), x, t, x[:20], t[:20], **kw)
@@ -249,7 +251,7 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(backend, tmp_path, cap
 
     def step(x, t):
         out = real_step(x, t)
-        if run.history.iterations == 13:  # epoch 3, third batch
+        if run.history.iterations == 14:  # epoch 3, second batch (5 batches an epoch)
             os.kill(os.getpid(), signal.SIGINT)
         return out
 

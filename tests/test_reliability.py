@@ -25,15 +25,15 @@ def toy(n=40, d=6, c=3, seed=0):
 def _poison(trainer, at, name, value=np.nan):
     """Make the gradient of ``name`` non-finite at the given iterations (1-based)."""
     net = trainer.network
-    real = net._gradient
+    real = net.loss_and_grads
 
-    def gradient(x, t):
-        grads = real(x, t)
+    def loss_and_grads(x, t):
+        loss, grads = real(x, t)
         if trainer.history.iterations + 1 in at:
             grads[name].reshape(-1)[0] = value
-        return grads
+        return loss, grads
 
-    net._gradient = gradient
+    net.loss_and_grads = loss_and_grads
 
 
 # -- non-finite guard
@@ -114,7 +114,7 @@ BAD = [
     (lambda: _net(dtype=np.int32), TypeError, "dtype must be float32 or float64"),
     (lambda: layers.BatchNorm(np.ones(3), np.zeros(3), eps=-1), ValueError, "eps"),
     (lambda: layers.Dropout(1.2), ValueError, "ratio"),
-    (lambda: schedules.step_decay(lr0=0), ValueError, "lr0"),
+    (lambda: schedules.StepDecay(lr0=0), ValueError, "lr0"),
     # trainer settings
     (lambda: Trainer(_net(), optim.SGD(0.1), *toy(d=4), epochs=0), ValueError, "epochs"),
     (lambda: Trainer(_net(), optim.SGD(0.1), *toy(d=4), epochs=-2), ValueError, "epochs"),

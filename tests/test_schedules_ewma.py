@@ -10,25 +10,25 @@ from accel.ewma import EWMA, ewma
 
 
 def test_schedule_formulas():
-    assert [schedules.step_decay(1.0, step=2, factor=0.5)(e) for e in range(5)] == \
+    assert [schedules.StepDecay(1.0, step=2, factor=0.5)(e) for e in range(5)] == \
         [1, 1, 0.5, 0.5, 0.25]
-    assert schedules.exponential_decay(0.2)(3) == pytest.approx(0.2 * 0.95 ** 3)
-    assert schedules.inverse_sqrt_decay(0.3)(4) == pytest.approx(0.15)
-    assert schedules.inverse_sqrt_decay(0.3)(0) == pytest.approx(0.3)
-    assert schedules.inverse_time_decay(0.5, rate=1.0)(3) == pytest.approx(0.125)
-    stair = schedules.staircase_decay(0.5, rate=1.0, interval=10)
+    assert schedules.ExponentialDecay(0.2)(3) == pytest.approx(0.2 * 0.95 ** 3)
+    assert schedules.InverseSqrtDecay(0.3)(4) == pytest.approx(0.15)
+    assert schedules.InverseSqrtDecay(0.3)(0) == pytest.approx(0.3)
+    assert schedules.InverseTimeDecay(0.5, rate=1.0)(3) == pytest.approx(0.125)
+    stair = schedules.StaircaseDecay(0.5, rate=1.0, interval=10)
     assert [stair(e) for e in (0, 9, 10, 19, 20)] == pytest.approx([0.5, 0.5, 0.25, 0.25,
                                                                    0.5 / 3])
-    assert schedules.constant(0.1)(100) == 0.1
+    assert schedules.Constant(0.1)(100) == 0.1
 
 
 def test_schedule_errors():
     with pytest.raises(ValueError, match="lr0 must be > 0"):
-        schedules.exponential_decay(0)
+        schedules.ExponentialDecay(0)
     with pytest.raises(ValueError, match="epoch must be"):
-        schedules.constant(0.1)(-1)
+        schedules.Constant(0.1)(-1)
     with pytest.raises(ValueError, match="interval"):
-        schedules.staircase_decay(0.1, interval=0)
+        schedules.StaircaseDecay(0.1, interval=0)
 
 
 def test_ewma_matches_recurrence_and_bias_correction():

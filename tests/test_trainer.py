@@ -43,7 +43,7 @@ def test_max_iterations_and_schedule(backend):
     net = MultiLayerNet(4, [5], 3, backend=backend, seed=0)
     opt = optim.SGD(1.0)
     h = Trainer(net, opt, x, t, epochs=10, batch_size=10, max_iterations=9, verbose=False,
-                schedule=schedules.inverse_time_decay(0.1, rate=1.0)).fit()
+                schedule=schedules.InverseTimeDecay(0.1, rate=1.0)).fit()
     assert h.iterations == 9
     assert h.epoch == [0, 1, 2, 2.25]
     assert h.lr == pytest.approx([0.1, 0.1, 0.05, 0.1 / 3])
