@@ -15,12 +15,14 @@ from . import (
     search,
 )
 from .backend import array_module, get_backend, to_device, to_numpy
+from .history import History
 from .network import MultiLayerNet
-from .trainer import History, Trainer
+from .threads import blas_threads
+from .trainer import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
-    "array_module", "get_backend", "to_device", "to_numpy", "MultiLayerNet", "Trainer",
-    "History", "datasets", "ewma", "gradcheck", "initializers", "layers", "optim",
+    "array_module", "blas_threads", "get_backend", "to_device", "to_numpy", "MultiLayerNet",
+    "Trainer", "History", "datasets", "ewma", "gradcheck", "initializers", "layers", "optim",
     "preprocessing", "schedules", "search",
 ]

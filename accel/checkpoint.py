@@ -34,9 +34,15 @@ import numbers
 import os
 import struct
 import tempfile
+import time
 import zipfile
 import zlib
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no directory lock there
+    fcntl = None
 
 import numpy as np
 
@@ -50,13 +56,18 @@ MAX_HEADER_BYTES = 16 * 2**20
 _NPY_HEADER_SLACK = 2**16 + 16  # an .npy header is at most 64 KiB
 _ARRAY_KINDS = "biuf"  # bool, ints, floats: never objects (no pickles in a checkpoint)
 
-__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "save", "load", "restore",
-           "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "DirectoryInUseError", "DirectoryLock", "FORMAT",
+           "FORMAT_VERSION", "fingerprint", "save", "load", "restore", "rng_state",
+           "set_rng_state"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: truncated, corrupted, not a checkpoint, written
     by a newer version, or holding something else than what is asked of it."""
+
+
+class DirectoryInUseError(RuntimeError):
+    """Another run holds the lock of a checkpoint folder."""
 
 
 # -- writing
@@ -151,6 +162,7 @@ def save(path, state: dict, kind: str) -> Path:
                         np.lib.format.write_array(member, a, allow_pickle=False)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file honours the umask
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -160,6 +172,66 @@ def save(path, state: dict, kind: str) -> Path:
         raise
     _fsync_dir(folder)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fingerprint(*arrays) -> int:
+    """CRC-32 of the arrays' bytes, shapes and dtypes (host copies): cheap evidence that a
+    resumed run trains on the same data."""
+    crc = 0
+    for a in arrays:
+        a = np.ascontiguousarray(to_numpy(a))
+        crc = zlib.crc32(f"{a.dtype.str}{a.shape}".encode(), crc)
+        crc = zlib.crc32(memoryview(a).cast("B"), crc) if a.size else crc
+    return crc
+
+
+class DirectoryLock:
+    """An exclusive lock on a checkpoint folder while a run writes into it.
+
+    ``fcntl.flock`` on ``<folder>/.lock``: the kernel releases it when the process exits or
+    crashes, so a lock is never left behind; a second run (another process, or another
+    Trainer in this one) is refused with DirectoryInUseError. On entry, temporary files that
+    a killed save left behind (``.<name>.*.tmp``) are removed: no other writer can be at work.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self._fd = None
+
+    def __enter__(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise DirectoryInUseError(
+                    f"checkpoint_dir {str(self.folder)!r} is in use by another run ({holder});"
+                    " give each run its own folder, or wait for that one to end") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
+                  0)
+        self._fd = fd
+        for stale in self.folder.glob(".*.npz.*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+        return False
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -214,6 +286,7 @@ def _read(f, path: Path) -> dict:
         if HEADER_NAME not in names:
             raise CheckpointError(f"{path}: no {HEADER_NAME} inside, so not an accel checkpoint"
                                   " (a plain .npz?)")
+        _check_stored(zf, path)
         info = zf.getinfo(HEADER_NAME)
         if info.file_size > MAX_HEADER_BYTES:
             raise CheckpointError(f"{path}: {HEADER_NAME} claims {info.file_size} bytes, more "
@@ -227,6 +300,18 @@ def _read(f, path: Path) -> dict:
                            if k in header}
     place_arrays(header["state"], arrays, path)
     return header
+
+
+def _check_stored(zf, path) -> None:
+    """Every member stored uncompressed, as ``save`` writes them: then no member can inflate
+    to more bytes than the file holds (a crafted archive cannot allocate gigabytes)."""
+    size = zf.fp.seek(0, os.SEEK_END)
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
+                or info.file_size > size:
+            raise CheckpointError(f"{path}: member {info.filename!r} is compressed or claims "
+                                  f"{info.file_size} bytes; accel checkpoints store members "
+                                  "uncompressed")
 
 
 def _check_header(header, path) -> None:

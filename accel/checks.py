@@ -85,6 +85,13 @@ def fraction(name: str, value) -> float:
     return number(name, value, low=0, high=1, open_low=True, open_high=True)
 
 
+def boolean(name: str, value) -> bool:
+    """True or False (NumPy's bools too; not 0/1, not strings)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def optional(check, name: str, value, **kwargs):
     """None, or ``check(name, value, **kwargs)``."""
     return None if value is None else check(name, value, **kwargs)
@@ -194,6 +201,14 @@ def labels(name: str, t, n: int, n_classes: int):
     if not hasattr(t, "dtype"):
         t = np.asarray(t)
     if t.ndim == 2 and t.shape == (n, n_classes):
+        if t.dtype.kind not in "biuf":
+            raise TypeError(f"{name} one-hot rows must hold numbers, got dtype {t.dtype}")
+        xp = array_module(t)
+        if n and not bool(xp.logical_or(t == 0, t == 1).all()):
+            raise ValueError(f"{name} one-hot rows must hold only 0 and 1 (no NaN, no soft "
+                             "labels)")
+        if n and not bool((t.sum(axis=1) == 1).all()):
+            raise ValueError(f"{name} one-hot rows must each hold exactly one 1")
         return t
     if t.ndim != 1 or t.shape[0] != n:
         raise ValueError(

@@ -38,13 +38,18 @@ def momentum(p, g, v, lr, mu, dampening, wd):
 
 
 def nesterov(p, g, v, lr, mu, wd):
-    """The book's Nesterov: v ← μv − lr·g; p ← p + μ²·v − (1 + μ)·lr·g."""
+    """Nesterov momentum: p ← p + μ²·v − (1 + μ)·lr·g with the previous v; then
+    v ← μ·v − lr·g.
+
+    The book's code since its 2021 fix, Sutskever's form, and torch.optim.SGD(nesterov=True)
+    (whose buffer is b = −v/lr: the same steps while lr is constant).
+    """
     if wd:
         g = g + wd * p
-    v *= mu
-    v -= lr * g
     p += mu * mu * v
     p -= (1 + mu) * lr * g
+    v *= mu
+    v -= lr * g
 
 
 def adagrad(p, g, h, lr, eps, wd):

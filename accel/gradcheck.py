@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import checks
 from .backend import array_module, to_numpy
 
 
@@ -21,7 +22,11 @@ def relative_difference(g, g_num, atol: float = 1e-8) -> float:
     a two-sided difference (≈ ε·|J|/h per element), as for the bias of a layer followed by
     BatchNorm, where the ratio of two noises would score a meaningless ~1.
     """
-    g, g_num = to_numpy(g).ravel(), to_numpy(g_num).ravel()
+    g, g_num = to_numpy(g), to_numpy(g_num)
+    if g.shape != g_num.shape:
+        raise ValueError(f"g and g_num must have the same shape, got {g.shape} and "
+                         f"{g_num.shape}")
+    g, g_num = g.ravel(), g_num.ravel()
     denom = np.linalg.norm(g) + np.linalg.norm(g_num)
     if denom <= atol:
         return 0.0
@@ -40,6 +45,10 @@ def verdict(diff: float) -> str:
 def numerical_gradient(f, x, h: float = 1e-5):
     """Two-sided difference of the scalar function ``f()`` w.r.t. the array ``x``, which ``f``
     reads; ``x`` is perturbed in place one element at a time and restored exactly."""
+    checks.positive("h", h)
+    if not hasattr(x, "dtype") or x.dtype.kind != "f":
+        raise TypeError(f"x must be a float array (perturbed in place), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
     xp = array_module(x)
     grad = xp.zeros_like(x)
     flat, gflat = x.reshape(-1), grad.reshape(-1)
@@ -81,6 +90,7 @@ def check_network(network, x, t, h: float = 1e-5) -> GradCheckResult:
     a fixed function of θ). With BatchNorm the running averages move at every loss
     evaluation, but the train-mode loss does not read them, so the check stays exact.
     """
+    checks.positive("h", h)
     if network.dtype != np.float64:
         raise TypeError(f"gradient checking needs dtype float64, the network has "
                         f"{network.dtype} (build it with dtype=np.float64)")

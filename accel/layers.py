@@ -13,6 +13,16 @@ from . import checks, dispatch
 from .backend import array_module
 
 
+def _float_input(name, x, ndim=None):
+    """A float array (the layers compute in its dtype; integers would be cast silently)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array, got "
+                        f"{dtype if dtype is not None else type(x).__name__} (convert it first)")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+
+
 def _grad_like(p, given, name):
     """``given`` checked against ``p`` (shape and dtype), or a fresh zero array like ``p``."""
     if given is None:
@@ -39,6 +49,7 @@ class Affine:
         self.need_dx = True  # False for a first layer: skips the unused dL/dx product
 
     def forward(self, x, train: bool = False):
+        _float_input("x", x)
         self.x_shape = x.shape
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.W.shape[0]:
@@ -118,6 +129,7 @@ class Dropout:
         self.mask = None
 
     def forward(self, x, train: bool = False):
+        _float_input("x", x)
         keep = 1.0 - self.ratio
         if not train:
             self.mask = None
@@ -162,6 +174,7 @@ class BatchNorm:
         self.x = self.x_shape = self.mean = self.invstd = None
 
     def forward(self, x, train: bool = False):
+        _float_input("x", x)
         self.x_shape = x.shape
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.gamma.shape[0]:
@@ -203,9 +216,18 @@ class SoftmaxWithLoss:
     def __init__(self):
         self.y = self.t = None
 
-    def forward(self, x, t, train: bool = False):
+    def forward(self, x, t, train: bool = False, check: bool = True):
+        """The loss (a 0-d array). ``check=False`` skips the label checks (class ids in
+        range, one-hot rows of 0/1), which read the labels back from the device: for labels
+        checked once before a training loop (``MultiLayerNet.prepare``)."""
+        _float_input("x", x, ndim=2)
         xp = array_module(x)
         n = x.shape[0]
+        if check:
+            t = checks.labels("t", t, n, x.shape[1])
+        elif getattr(t, "shape", (None,))[0] != n:
+            raise ValueError(f"t must have {n} labels (one per row of x), got shape "
+                             f"{getattr(t, 'shape', None)}")
         z = x - x.max(axis=1, keepdims=True)
         e = xp.exp(z)
         s = e.sum(axis=1)

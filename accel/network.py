@@ -14,6 +14,9 @@ from .initializers import init_weight, weight_std
 from .layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss, Tanh
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+# constructor arguments added after format-1 files were written, with the value those files
+# had (a saved config without them loads as if it named these)
+CONFIG_ADDED = {"bn_running_var_init": 1.0}
 
 
 class MultiLayerNet:
@@ -32,38 +35,34 @@ class MultiLayerNet:
     def __init__(self, input_size, hidden_sizes, output_size, activation="relu",
                  weight_init="he", weight_decay=0.0, batchnorm=False, dropout=0.0,
                  dtype=np.float32, backend=None, seed=None, *, bn_momentum=0.9, bn_eps=1e-5,
-                 dropout_inverted=True):
-        checks.positive("input_size", input_size, integer=True)
-        checks.positive("output_size", output_size, integer=True)
-        if isinstance(hidden_sizes, numbers.Integral):
-            hidden_sizes = [hidden_sizes]
-        hidden_sizes = list(hidden_sizes)
-        for i, h in enumerate(hidden_sizes):
-            checks.positive(f"hidden_sizes[{i}]", h, integer=True)
+                 bn_running_var_init=1.0, dropout_inverted=True):
+        sizes = _sizes(input_size, hidden_sizes, output_size)
         self.activation = checks.one_of("activation", activation, ACTIVATIONS)
-        sizes = [input_size, *hidden_sizes, output_size]
         for i in range(len(sizes) - 1):  # fail on a bad name before allocating anything
             weight_std(weight_init, sizes[i], sizes[i + 1])
         self.weight_decay = checks.non_negative("weight_decay", weight_decay)
         self.dropout = checks.in_unit_interval("dropout", dropout)
         self.dtype = checks.floating_dtype("dtype", dtype)
-        self.backend = get_backend(backend)
-        xp = self.backend.xp
-        self.sizes, self.batchnorm, self.weight_init = sizes, bool(batchnorm), weight_init
+        self.sizes, self.weight_init = sizes, weight_init
+        self.batchnorm = checks.boolean("batchnorm", batchnorm)
         self.bn_momentum = checks.in_unit_interval("bn_momentum", bn_momentum)
         self.bn_eps = checks.positive("bn_eps", bn_eps)
-        self.dropout_inverted = bool(dropout_inverted)
-        n_hidden = len(hidden_sizes)
+        self.bn_running_var_init = checks.non_negative("bn_running_var_init",
+                                                       bn_running_var_init)
+        self.dropout_inverted = checks.boolean("dropout_inverted", dropout_inverted)
+        self.backend = get_backend(backend)
+        xp = self.backend.xp
 
-        shapes, layout = {}, []
-        for i in range(1, len(sizes)):
-            shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i - 1], sizes[i]), (sizes[i],)
-            if self.batchnorm and i <= n_hidden:
-                shapes[f"gamma{i}"] = shapes[f"beta{i}"] = (sizes[i],)
+        shapes = param_shapes(sizes, self.batchnorm)
         layout = [k for k in shapes if k[0] == "W"] + [k for k in shapes if k[0] != "W"]
         self.params = allocate(xp, shapes, self.dtype, layout)
         self.grads = allocate(xp, shapes, self.dtype, layout)
         self.n_weights = sum(self.params[f"W{i}"].size for i in range(1, len(sizes)))
+        # BatchNorm's running statistics: not parameters, but one flat buffer too, so the
+        # non-finite guard checks (and a skipped step restores) them in one operation.
+        n_hidden = len(sizes) - 2
+        self.buffers = allocate(xp, {f"running_{s}{i}": (sizes[i],) for i in range(
+            1, n_hidden + 1) if self.batchnorm for s in ("mean", "var")}, self.dtype)
 
         self.rng = self.backend.rng(checks.seed("seed", seed))
         for i in range(1, len(sizes)):
@@ -71,16 +70,19 @@ class MultiLayerNet:
                                                self.dtype)
             if f"gamma{i}" in shapes:
                 self.params[f"gamma{i}"] = 1
+                self.buffers[f"running_var{i}"] = self.bn_running_var_init
 
-        p, g = self.params, self.grads
+        p, g, buf = self.params, self.grads, self.buffers
         self.layers = []
         for i in range(1, len(sizes)):
             self.layers.append(Affine(p[f"W{i}"], p[f"b{i}"], g[f"W{i}"], g[f"b{i}"]))
             if i > n_hidden:
                 break
             if self.batchnorm:
-                self.layers.append(BatchNorm(p[f"gamma{i}"], p[f"beta{i}"], bn_momentum, bn_eps,
-                                             dgamma=g[f"gamma{i}"], dbeta=g[f"beta{i}"]))
+                self.layers.append(BatchNorm(
+                    p[f"gamma{i}"], p[f"beta{i}"], bn_momentum, bn_eps,
+                    running_mean=buf[f"running_mean{i}"], running_var=buf[f"running_var{i}"],
+                    dgamma=g[f"gamma{i}"], dbeta=g[f"beta{i}"]))
             self.layers.append(ACTIVATIONS[self.activation]())
             if self.dropout > 0:
                 self.layers.append(Dropout(self.dropout, dropout_inverted, rng=self.rng))
@@ -139,7 +141,7 @@ class MultiLayerNet:
         return float(self._loss(*self.prepare(x, t), train))
 
     def _loss(self, x, t, train):
-        loss = self.last_layer.forward(self._predict(x, train), t)
+        loss = self.last_layer.forward(self._predict(x, train), t, check=False)
         if self.weight_decay:
             w = self.params.flat[:self.n_weights]
             loss = loss + 0.5 * self.weight_decay * (w @ w)
@@ -177,6 +179,7 @@ class MultiLayerNet:
             "weight_init": self.weight_init, "weight_decay": self.weight_decay,
             "batchnorm": self.batchnorm, "dropout": self.dropout, "dtype": self.dtype.name,
             "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps,
+            "bn_running_var_init": self.bn_running_var_init,
             "dropout_inverted": self.dropout_inverted,
         })
 
@@ -207,6 +210,8 @@ class MultiLayerNet:
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         saved, mine = state.get("config"), self.config()
+        if isinstance(saved, dict):
+            saved = {**CONFIG_ADDED, **saved}
         if saved != mine:
             saved = saved if isinstance(saved, dict) else {}
             diff = sorted(k for k in set(mine) | set(saved) if saved.get(k) != mine.get(k))
@@ -243,8 +248,42 @@ class MultiLayerNet:
         if not isinstance(config, dict):
             raise checkpoint.CheckpointError(f"{path}: the network section has no config")
         try:
+            # the saved arrays must fit the config before it allocates anything: a crafted
+            # config cannot ask for more memory than the file itself holds
+            shapes = param_shapes(_sizes(config.get("input_size"), config.get("hidden_sizes"),
+                                         config.get("output_size")),
+                                  config.get("batchnorm") is True)
+            params = section.get("params") if isinstance(section.get("params"), dict) else {}
+            for k, shape in shapes.items():
+                got = getattr(params.get(k), "shape", None)
+                if got != shape:
+                    raise ValueError(f"array params/{k} is {got}, the config needs {shape}")
             net = cls(**config, backend=backend)
         except (TypeError, ValueError) as exc:
             raise checkpoint.CheckpointError(f"{path}: bad network config ({exc})") from exc
         checkpoint.restore(net, section, path)
         return net
+
+
+def _sizes(input_size, hidden_sizes, output_size) -> list:
+    """[input_size, *hidden_sizes, output_size], each checked (a single int is one layer)."""
+    checks.positive("input_size", input_size, integer=True)
+    checks.positive("output_size", output_size, integer=True)
+    if isinstance(hidden_sizes, numbers.Integral) and not isinstance(hidden_sizes, bool):
+        hidden_sizes = [hidden_sizes]
+    if not isinstance(hidden_sizes, (list, tuple)):
+        raise TypeError(f"hidden_sizes must be an int or a list of ints (e.g. [100] * 4), got "
+                        f"{hidden_sizes!r}")
+    for i, h in enumerate(hidden_sizes):
+        checks.positive(f"hidden_sizes[{i}]", h, integer=True)
+    return [int(input_size), *(int(h) for h in hidden_sizes), int(output_size)]
+
+
+def param_shapes(sizes, batchnorm: bool) -> dict:
+    """name → shape of every parameter of a net with these layer sizes."""
+    shapes = {}
+    for i in range(1, len(sizes)):
+        shapes[f"W{i}"], shapes[f"b{i}"] = (sizes[i - 1], sizes[i]), (sizes[i],)
+        if batchnorm and i < len(sizes) - 1:
+            shapes[f"gamma{i}"] = shapes[f"beta{i}"] = (sizes[i],)
+    return shapes

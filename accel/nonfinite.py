@@ -17,10 +17,11 @@ class NonFiniteError(FloatingPointError):
 
 
 class NonFiniteGuard:
-    """``loss_and_grads(x, t)`` of ``network``, checked: sum(loss, the flat gradient) is one
-    reduction, and NaN and ±Inf survive a sum. A bad step restores the BatchNorm running
-    statistics its forward pass moved, then raises NonFiniteError (mode "raise") or returns
-    (loss, None) (mode "skip"). Mode None checks nothing."""
+    """``loss_and_grads(x, t)`` of ``network``, checked: the loss, the flat gradient and the
+    flat buffer of BatchNorm running statistics are summed (one reduction each; NaN and ±Inf
+    survive a sum). A bad step puts back the running statistics its forward pass moved, then
+    raises NonFiniteError (mode "raise") or returns (loss, None) (mode "skip"). Mode None
+    checks nothing."""
 
     def __init__(self, network, mode="raise"):
         if mode not in MODES:
@@ -31,34 +32,49 @@ class NonFiniteGuard:
         net = self.network
         if self.mode is None:
             return net.loss_and_grads(x, t)
-        bns = net.batchnorm_layers()
-        saved = [(bn.running_mean.copy(), bn.running_var.copy()) for bn in bns]
+        buffers = net.buffers.flat
+        saved = buffers.copy() if buffers.size else None
         loss, grads = net.loss_and_grads(x, t)
-        if bool(net.backend.xp.isfinite(loss + grads.flat.sum())):
+        total = loss + grads.flat.sum()
+        if saved is not None:
+            total = total + buffers.sum()
+        xp = net.backend.xp
+        if bool(xp.isfinite(total)):
             return loss, grads
-        for bn, (mean, var) in zip(bns, saved):
-            bn.running_mean[...] = mean
-            bn.running_var[...] = var
+        bad_stats = []
+        if saved is not None:
+            bad_stats = _nonfinite(net.buffers, xp)
+            buffers[...] = saved
         if self.mode == "raise":
-            raise self.error(loss, iteration, epoch)
+            raise self.error(loss, grads, bad_stats, iteration, epoch)
         return loss, None
 
-    def error(self, loss, iteration, epoch) -> NonFiniteError:
-        """Name the parameters whose gradient holds NaN/Inf (found through the offsets of
-        their views in the flat buffer; this runs only after the cheap check failed)."""
-        xp, grads = self.network.backend.xp, self.network.grads
+    def error(self, loss, grads, bad_stats, iteration, epoch) -> NonFiniteError:
+        """Say what is not finite: the gradients of which parameters, the loss, or which
+        running statistics (found through the offsets of the views in the flat buffers; this
+        runs only after the cheap check failed)."""
+        xp = self.network.backend.xp
         loss = float(loss)
-        bad = [k for k, (a, b) in grads.offsets().items()
-               if not bool(xp.isfinite(grads.flat[a:b]).all())]
+        bad = _nonfinite(grads, xp)
         if bad:
             what = f"the gradient of {', '.join(bad)} contains NaN/Inf (loss {loss})"
         elif not np.isfinite(loss):
             what = f"the loss is {loss} (every gradient is finite)"
+        elif bad_stats:
+            bad = bad_stats
+            what = (f"the BatchNorm running statistics {', '.join(bad)} became NaN/Inf "
+                    f"(loss {loss} and gradients finite; they were put back)")
         else:
             big = max(grads.offsets().items(),
                       key=lambda kv: float(xp.abs(grads.flat[kv[1][0]:kv[1][1]]).max()))[0]
-            what = f"the gradient's sum overflows {grads.flat.dtype} (largest in {big})"
+            what = f"a sum overflows {grads.flat.dtype} (largest gradient in {big})"
         return NonFiniteError(
             f"non-finite values at iteration {iteration} (epoch {epoch}): {what}; the step "
             "was not applied. Lower the learning rate, check the inputs, or pass "
             "on_nonfinite='skip'", iteration=iteration, epoch=epoch, names=bad)
+
+
+def _nonfinite(flat_dict, xp) -> list:
+    """Names of the views of a FlatDict that hold NaN/Inf."""
+    return [k for k, (a, b) in flat_dict.offsets().items()
+            if not bool(xp.isfinite(flat_dict.flat[a:b]).all())]

@@ -185,7 +185,8 @@ class Momentum(Optimizer):
 
 
 class Nesterov(Optimizer):
-    """The book's Nesterov momentum: v ← μv − lr·g; W ← W + μ²v − (1 + μ)·lr·g."""
+    """Nesterov momentum: W ← W + μ²·v − (1 + μ)·lr·g with the previous v, then
+    v ← μv − lr·g (the book's code since 2021 = torch.optim.SGD(nesterov=True))."""
 
     rule = F.nesterov
     state_names = ("v",)

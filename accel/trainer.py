@@ -22,6 +22,7 @@ from .nonfinite import NonFiniteError, NonFiniteGuard
 __all__ = ["Trainer", "History", "NonFiniteError", "TrainingInterrupted"]
 
 CHECKPOINT_NAME = "last.npz"
+RECORD_LOSS = ("before_update", "after_update")
 
 
 class Trainer:
@@ -62,8 +63,9 @@ class Trainer:
     def __init__(self, network, optimizer, x_train, t_train, x_test=None, t_test=None, *,
                  epochs=20, batch_size=100, schedule=None, evaluate_sample=None,
                  evaluate_every=1, max_iterations=None, seed=None, verbose=True,
-                 validation_data=None, on_evaluate=None, checkpoint_dir=None,
-                 checkpoint_every=None, resume=None, on_nonfinite="raise"):
+                 validation_data=None, on_evaluate=None, record_loss="before_update",
+                 checkpoint_dir=None, checkpoint_every=None, resume=None,
+                 on_nonfinite="raise"):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
         if not callable(getattr(optimizer, "update", None)):
             raise TypeError(f"optimizer must have an update(params, grads) method, got "
@@ -72,12 +74,17 @@ class Trainer:
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable, got {fn!r}")
         self.on_evaluate = on_evaluate
+        self.record_loss = checks.one_of("record_loss", record_loss, RECORD_LOSS)
         self.guard = NonFiniteGuard(network, on_nonfinite)
         if checkpoint_every is not None:
             checks.positive("checkpoint_every", checkpoint_every, integer=True)
             if checkpoint_dir is None:
                 raise ValueError(f"checkpoint_every={checkpoint_every!r} needs checkpoint_dir")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and \
+                not self.checkpoint_dir.is_dir():
+            raise NotADirectoryError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file, not a "
+                                     "folder")
         self.checkpoint_every = checkpoint_every or 1
         self.resume = self._resume_path(resume)
         self.epochs = checks.positive("epochs", epochs, integer=True)
@@ -99,10 +106,16 @@ class Trainer:
                             f"{type(validation_data).__name__}")
         self.validation = None if validation_data is None else network.prepare(
             *validation_data)
+        if network.batchnorm and min(self.batch_size, self.n_train) < 2:
+            raise ValueError(
+                f"a BatchNorm network needs batches of at least 2 samples (the variance of one "
+                f"is 0), got batch_size={self.batch_size} and {self.n_train} training "
+                "sample(s): training would run no step")
         self.rng = np.random.default_rng(checks.seed("seed", seed))
         self.history = History()
         self.epoch, self.offset = 0, 0  # where the next step starts: epoch, sample index
         self._epoch_rng_state = None  # the shuffling state before this epoch's permutation
+        self._data_crc = None  # fingerprint of (x_train, t_train), computed for checkpoints
         self.last_checkpoint = None
 
     def _resume_path(self, resume):
@@ -165,16 +178,18 @@ class Trainer:
 
         With ``resume``, first restores the checkpoint and continues where it stopped.
         Ctrl-C: see the class docstring (raises TrainingInterrupted)."""
-        if self.resume is not None:
-            path, self.resume = self.resume, None  # a second fit() continues from memory
-            self.load_checkpoint(path)
-            self._say(f"resumed from {path} at epoch {self.epoch + 1}, iteration "
-                      f"{self.history.iterations}")
-        elif not self.history.epoch:
-            if self.schedule is not None:
-                self.optimizer.lr = self.schedule(0)
-            self.evaluate(0)
-        with StepBoundary() as stop, _progress_logging(self._bar_wanted()):
+        lock = contextlib.nullcontext() if self.checkpoint_dir is None else \
+            checkpoint.DirectoryLock(self.checkpoint_dir)
+        with lock, StepBoundary() as stop, _progress_logging(self._bar_wanted()):
+            if self.resume is not None:
+                self.load_checkpoint(self.resume)
+                path, self.resume = self.resume, None  # a second fit() continues from memory
+                self._say(f"resumed from {path} at epoch {self.epoch + 1}, iteration "
+                          f"{self.history.iterations}")
+            elif not self.history.epoch:
+                if self.schedule is not None:
+                    self.optimizer.lr = self.schedule(0)
+                self.evaluate(0)
             try:
                 while self.epoch < self.epochs and not self._at_max_iterations():
                     self._run_epoch(stop)
@@ -198,7 +213,10 @@ class Trainer:
         for s in range(self.offset, self.n_train, self.batch_size):
             idx = order[s:s + self.batch_size]
             if idx.shape[0] > 1 or not self.network.batchnorm:  # BN: one sample has no var
-                losses.append(self.step(self.x_train[idx], self.t_train[idx]))
+                x, t = self.x_train[idx], self.t_train[idx]
+                losses.append(self.step(x, t))
+                if self.record_loss == "after_update":  # the book's trainer
+                    losses[-1] = self.network.loss(x, t)
                 if bar is not None:
                     bar.update(1)
                     if h.iterations % 20 == 0:
@@ -307,8 +325,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything a resume needs: the network's and the optimizer's ``state_dict``, the
         position (epoch, sample offset), the shuffling generator's state at the start of the
-        current epoch (its permutation is drawn again on resume), the data's size, the batch
-        size and the history."""
+        current epoch (its permutation is drawn again on resume), the data's size and CRC-32,
+        the batch size and the history."""
         hist = self.history.to_dict()
         hist["train_loss"] = np.asarray(hist["train_loss"], dtype=np.float64)
         rng = self._epoch_rng_state if self.offset else self.rng.bit_generator.state
@@ -316,18 +334,27 @@ class Trainer:
             "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "trainer": {"epoch": self.epoch, "offset": self.offset, "rng": rng,
-                        "n_train": self.n_train, "batch_size": self.batch_size,
-                        "epochs": self.epochs, "history": hist},
+                        "n_train": self.n_train, "data_crc32": self.data_fingerprint(),
+                        "batch_size": self.batch_size, "epochs": self.epochs,
+                        "history": hist},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what ``state_dict`` returned; it must fit this trainer (same data size,
-        batch size, architecture, optimizer type). Checked before anything changes."""
+        """Restore what ``state_dict`` returned; it must fit this trainer (same data, batch
+        size, architecture, optimizer type, and ``epochs`` not below the saved position).
+        Checked before anything changes."""
         tr = state["trainer"]
         for name, mine in (("n_train", self.n_train), ("batch_size", self.batch_size)):
             if tr[name] != mine:
                 raise ValueError(f"saved with {name}={tr[name]}, this trainer has "
                                  f"{name}={mine}; resume needs the same data and batches")
+        if tr["data_crc32"] != self.data_fingerprint():
+            raise ValueError("saved from a run on other training data (same size, different "
+                             f"CRC-32: {tr['data_crc32']:#010x}, here "
+                             f"{self.data_fingerprint():#010x}); resume needs the same data")
+        if tr["epoch"] > self.epochs:
+            raise ValueError(f"saved at epoch {tr['epoch']}, beyond this trainer's "
+                             f"epochs={self.epochs}; pass epochs >= {tr['epoch']}")
         opt = state["optimizer"]
         if opt["type"] != type(self.optimizer).__name__:
             raise ValueError(f"saved with a {opt['type']} optimizer, this trainer has "
@@ -344,6 +371,12 @@ class Trainer:
         self.rng.bit_generator.state = rng
         self._epoch_rng_state = rng
         self.history, self.epoch, self.offset = history, epoch, offset
+
+    def data_fingerprint(self) -> int:
+        """CRC-32 of the training data (x and t), computed once."""
+        if self._data_crc is None:
+            self._data_crc = checkpoint.fingerprint(self.x_train, self.t_train)
+        return self._data_crc
 
     def save_checkpoint(self, path=None) -> Path:
         """Write a checkpoint (default ``checkpoint_path``) atomically; returns its path."""

@@ -78,8 +78,9 @@ def main(argv=None):
             ax.legend(fontsize=8, loc="lower right")
     for ax in axes.flat[n:]:
         ax.axis("off")
-    fig.suptitle(f"{args.dataset}: {cfg['train_samples']} samples, 784-100×"
-                 f"{len(cfg['hidden'])}-10, SGD lr {cfg['lr']}, batch {cfg['batch_size']}")
+    fig.suptitle(f"{args.dataset}: {cfg['train_samples']} samples, "
+                 f"{common.architecture(x.shape[1], cfg['hidden'], k)}, SGD lr {cfg['lr']}, "
+                 f"batch {cfg['batch_size']}")
     fig.tight_layout()
 
     bn_acc = [results[f"std={w:.3g} / BatchNorm"]["final"]["train_acc"] for w in scales]

@@ -242,6 +242,7 @@ def finish(run: Run, config: dict, results: dict, fig=None, summary=None, **extr
         "kernel_path": kernel_path(),
         "kernel_calls": kernel_calls(),
         "summary": summary or {},
+        "figure_title": _title(fig),
         "results": results,
         **extra,
         "elapsed_s": round(elapsed, 2),
@@ -268,6 +269,13 @@ def finish(run: Run, config: dict, results: dict, fig=None, summary=None, **extr
     print(f"[{run.name}] wrote {', '.join(str(p) for p in paths)}  ({elapsed:.1f}s)",
           flush=True)
     return record
+
+
+def _title(fig) -> str | None:
+    """The figure's title (its suptitle, else its first axes' title)."""
+    if fig is None:
+        return None
+    return fig.get_suptitle() or (fig.axes[0].get_title() if fig.axes else None) or None
 
 
 # -- training
@@ -306,6 +314,15 @@ def loss_curve_result(h, **extra) -> dict:
              "train_s": round(h.elapsed_s, 2)}
     return {**extra, "train_loss": rounded(loss), "epoch": h.epoch, "train_acc": h.train_acc,
             "test_acc": h.test_acc, "final": final}
+
+
+def architecture(n_in, hidden, n_out) -> str:
+    """The layer sizes as the book writes them: "784-100×4-10", "2-50-20-3"."""
+    if hidden and len(set(hidden)) == 1 and len(hidden) > 1:
+        middle = [f"{hidden[0]}×{len(hidden)}"]
+    else:
+        middle = [str(h) for h in hidden]
+    return "-".join([str(n_in), *middle, str(n_out)])
 
 
 def n_classes(*labels) -> int:

@@ -53,7 +53,8 @@ def main(argv=None):
         steps.done(label, loss=final["loss_smoothed"], test_acc=final["test_acc"])
 
     fig = common.loss_figure(results, f"{args.dataset}: weight init, SGD lr {cfg['lr']}, "
-                                      f"784-100×{len(cfg['hidden'])}-10 {cfg['activation']}",
+                                      f"{common.architecture(x.shape[1], cfg['hidden'], k)} "
+                                      f"{cfg['activation']}",
                              ylim=(0, 1.2 * math.log(k)))
     ax = fig.axes[0]
     ax.axhline(math.log(k), color="0.5", ls=":", lw=1, label=f"ln {k} (chance)")

@@ -61,7 +61,7 @@ def main(argv=None):
         steps.done(label, loss=final["loss_smoothed"], test_acc=final["test_acc"])
 
     fig = common.loss_figure(
-        results, f"{args.dataset}: 784-{'-'.join(map(str, cfg['hidden']))}-10 "
+        results, f"{args.dataset}: {common.architecture(x.shape[1], cfg['hidden'], k)} "
                  f"{cfg['activation']}, {cfg['weight_init']} init, batch {cfg['batch_size']}",
         ylim=(0, 1.2 * math.log(k)))
     for line, (label, r) in zip(fig.axes[0].get_legend().get_texts(), results.items()):

@@ -68,8 +68,8 @@ def main(argv=None):
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     axes[0][0].set_ylabel("accuracy")
-    fig.suptitle(f"{args.dataset}: {cfg['train_samples']} training samples, 784-100×"
-                 f"{len(cfg['hidden'])}-10, SGD lr {cfg['lr']}")
+    fig.suptitle(f"{args.dataset}: {cfg['train_samples']} training samples, "
+                 f"{common.architecture(x.shape[1], cfg['hidden'], k)}, SGD lr {cfg['lr']}")
     fig.tight_layout()
 
     summary = {f"{s}: train / test / gap":

@@ -41,9 +41,9 @@ def nesterov(p, g, v, lr, mu, wd):
     wd = f(wd)
     for i in prange(p.size):
         gi = g[i] + wd * p[i]
-        v[i] = mu * v[i] - lr * gi
         p[i] += mu2 * v[i]
         p[i] -= lr1 * gi
+        v[i] = mu * v[i] - lr * gi
 
 
 @jit

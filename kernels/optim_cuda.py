@@ -40,9 +40,9 @@ def nesterov(p, g, v, lr, mu, wd):
     wd = f(wd)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
         gi = g[i] + wd * p[i]
-        v[i] = mu * v[i] - lr * gi
         p[i] += mu2 * v[i]
         p[i] -= lr1 * gi
+        v[i] = mu * v[i] - lr * gi
 
 
 @jit

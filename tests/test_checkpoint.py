@@ -303,3 +303,51 @@ def test_resume_true_without_a_file_starts_fresh(tmp_path):
     tr = _trainer("numpy", tmp_path, epochs=1, resume=True)
     assert tr.resume is None
     assert tr.fit().epoch == [0, 1]
+
+
+# -- crafted files: refused before they cost memory or change anything
+
+
+def test_a_crafted_config_is_refused_before_allocating(tmp_path):
+    import tracemalloc
+
+    path = small_net("numpy").save(tmp_path / "net.npz")
+    _rewrite_header(path, lambda h: h["state"]["network"]["config"].update(
+        hidden_sizes=[10**7, 7]))  # would be 6×1e7 + 1e7×7 floats: over 500 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=r"params/W1 is \(6, 8\), the config needs "
+                                                  r"\(6, 10000000\)"):
+            MultiLayerNet.load(path, backend="numpy")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+
+
+def test_compressed_members_are_refused(tmp_path):
+    path = small_net("numpy").save(tmp_path / "net.npz")
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    with pytest.raises(CheckpointError, match="compressed"):
+        checkpoint.load(path)
+
+
+def test_a_format_1_network_file_still_loads(tmp_path):
+    """accel 0.1.0 wrote sections at the top level and no bn_running_var_init."""
+    net = small_net("numpy")
+    path = net.save(tmp_path / "net.npz")
+
+    def to_v1(h):
+        h["format_version"] = 1
+        section = h.pop("state")["network"]
+        del section["config"]["bn_running_var_init"]
+        h["network"] = section
+
+    _rewrite_header(path, to_v1)
+    back = MultiLayerNet.load(path, backend="numpy")
+    np.testing.assert_array_equal(back.params.flat, net.params.flat)
+    np.testing.assert_array_equal(back.buffers.flat, net.buffers.flat)

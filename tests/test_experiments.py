@@ -232,3 +232,10 @@ def test_run_all_quick_everything(tmp_path):
     assert record["config"]["failed"] == []
     for name in record["config"]["experiments"]:
         assert (out / f"{name}.png").exists() and (out / f"{name}.json").exists()
+
+
+def test_titles_name_the_real_layer_sizes(tmp_path):
+    """A generated dataset has 2 inputs and its own number of classes: the titles say so."""
+    run_script("compare_optimizers", "--quick", "--dataset", "spiral", out=tmp_path)
+    record = json.loads((tmp_path / "compare_optimizers.json").read_text())
+    assert record["figure_title"].startswith("spiral: 2-100×4-3 relu"), record["figure_title"]

@@ -192,3 +192,19 @@ def test_verdict_bands():
     assert gradcheck.verdict(1e-9) == "fine"
     assert gradcheck.verdict(1e-5) == "look closer"
     assert gradcheck.verdict(1e-2) == "wrong"
+
+
+def test_batchnorm_running_variance_starts_where_asked(backend, xp, tmp_path):
+    """PyTorch starts the running variance at 1, the book at 0 (bn_running_var_init=0)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    t = rng.integers(0, 3, 8)
+    for init in (1.0, 0.0):
+        net = MultiLayerNet(4, [5], 3, batchnorm=True, bn_running_var_init=init,
+                            backend=backend, seed=0)
+        assert float(net.buffers["running_var1"].max()) == init
+        h = to_numpy(net.layers[0].forward(net.prepare(x), True))
+        net.gradient(x, t)  # one train-mode pass: running ← 0.9·running + 0.1·batch
+        assert_close(net.buffers["running_var1"], 0.9 * init + 0.1 * h.var(axis=0), rtol=1e-5)
+        back = MultiLayerNet.load(net.save(tmp_path / f"{init}.npz"), backend=backend)
+        assert back.bn_running_var_init == init

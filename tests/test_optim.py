@@ -35,10 +35,38 @@ def test_momentum_book_and_course_forms(xp):
 
 
 def test_nesterov_book_form(xp):
-    # v1 = −0.1; p = 1 + 0.81·(−0.1) − 1.9·0.1 = 0.729
-    # v2 = 0.9·(−0.1) − 0.1 = −0.19; p = 0.729 − 0.81·0.19 − 0.19 = 0.3851
-    assert run(optim.Nesterov(0.1, 0.9), xp, [1, 1]) == pytest.approx([0.729, 0.3851],
+    # p uses the previous v: p = 1 + 0.81·0 − 1.9·0.1 = 0.81, then v1 = −0.1;
+    # p = 0.81 + 0.81·(−0.1) − 0.19 = 0.539, then v2 = 0.9·(−0.1) − 0.1 = −0.19
+    assert run(optim.Nesterov(0.1, 0.9), xp, [1, 1]) == pytest.approx([0.81, 0.539],
                                                                       abs=1e-14)
+
+
+def test_nesterov_path_of_the_book():
+    """f(x, y) = x²/20 + y² from (−7, 2), 30 steps at lr 0.1, μ 0.9: the book's code (since
+    its 2021 fix) ends at (0.6896, −0.0007)."""
+    params = {"xy": np.array([-7.0, 2.0])}
+    opt = optim.Nesterov(lr=0.1, momentum=0.9)
+    for _ in range(30):
+        x, y = params["xy"]
+        opt.update(params, {"xy": np.array([x / 10.0, 2.0 * y])})
+    assert params["xy"] == pytest.approx([0.6896, -0.0007], abs=5e-5)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_nesterov_equals_torch_sgd_nesterov_step_by_step(wd):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(50)
+    w = torch.tensor(p0.copy(), requires_grad=True)
+    ref = torch.optim.SGD([w], lr=0.05, momentum=0.8, nesterov=True, weight_decay=wd)
+    params = {"w": p0.copy()}
+    opt = optim.Nesterov(lr=0.05, momentum=0.8, weight_decay=wd)
+    for _ in range(100):
+        g = rng.standard_normal(50)
+        w.grad = torch.tensor(g.copy())
+        ref.step()
+        opt.update(params, {"w": g})
+        np.testing.assert_allclose(params["w"], w.detach().numpy(), rtol=1e-12, atol=1e-13)
 
 
 def test_adagrad(xp):

@@ -217,9 +217,8 @@ def test_momentum_matches_rederivation(mu, damp, lr, wd, seed, n, steps):
 @FAST
 @given(mu=st.floats(0, 0.99), **hp)
 def test_nesterov_matches_rederivation(mu, lr, wd, seed, n, steps):
-    # accel documents the book's code: v ← μv − lr·g, then p ← p + μ²·v − (1 + μ)·lr·g with
-    # the *updated* v. Written out in the old v: p ← p + μ³·v − (1 + μ + μ²)·lr·g. (Sutskever's
-    # and torch's look-ahead form uses the old v there: p ← p + μ²·v − (1 + μ)·lr·g.)
+    # the book's code since 2021, Sutskever's and torch's form: p ← p + μ²·v − (1 + μ)·lr·g
+    # with the previous v, then v ← μv − lr·g.
     p0, gs = _data(seed, n, steps)
     opt = optim.Nesterov(lr, mu, weight_decay=wd)
     params = {"w": p0.copy()}
@@ -227,7 +226,7 @@ def test_nesterov_matches_rederivation(mu, lr, wd, seed, n, steps):
     for g in gs:
         opt.update(params, {"w": g.copy()})
         gg = g + wd * p
-        p = p + mu**3 * v - (1 + mu + mu**2) * lr * gg
+        p = p + mu**2 * v - (1 + mu) * lr * gg
         v = mu * v - lr * gg
     _close(params["w"], p)
 
@@ -344,3 +343,35 @@ def test_fused_batchnorm_matches_reference(n, d, dtype, momentum, eps, seed):
     ev = dispatch.batchnorm_forward_eval(x, gamma, beta, *stats, eps)
     np.testing.assert_allclose(ev, functional.batchnorm_forward_eval(x, gamma, beta, *ref_stats,
                                                                  eps), **tol)
+
+
+# -- label validation over random label arrays
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 6), c=st.integers(2, 5), data=st.data())
+def test_one_hot_labels_are_accepted_exactly_when_they_are_one_hot(n, c, data):
+    from accel import checks
+
+    values = st.sampled_from([0.0, 1.0, 0.0, 1.0, 2.0, -1.0, 0.5, float("nan")])
+    t = np.array(data.draw(st.lists(st.lists(values, min_size=c, max_size=c), min_size=n,
+                                    max_size=n)))
+    one_hot = bool(np.isin(t, (0.0, 1.0)).all() and (t.sum(axis=1) == 1).all())
+    if one_hot:
+        assert checks.labels("t", t, n, c) is t
+    else:
+        with pytest.raises(ValueError, match="t one-hot rows"):
+            checks.labels("t", t, n, c)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ids=st.lists(st.integers(-3, 8), min_size=1, max_size=8), c=st.integers(2, 5))
+def test_class_ids_are_accepted_exactly_when_in_range(ids, c):
+    t = np.array(ids)
+    layer = SoftmaxWithLoss()
+    x = np.zeros((len(ids), c))
+    if all(0 <= i < c for i in ids):
+        assert layer.forward(x, t) == pytest.approx(math.log(c))
+    else:
+        with pytest.raises(ValueError, match="class id"):
+            layer.forward(x, t)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accel import MultiLayerNet, Trainer, layers, optim, schedules
+from accel import MultiLayerNet, Trainer, dispatch, functional, gradcheck, layers, optim, schedules
 from accel.backend import to_numpy
 from accel.trainer import NonFiniteError
 
@@ -144,6 +144,46 @@ BAD = [
     (lambda: _net().accuracy(np.zeros((2, 4)), [0, 1], batch_size=0), ValueError, "batch_size"),
     (lambda: _net(batchnorm=True).gradient(np.zeros((1, 4)), [0]), ValueError, "at least 2"),
     (lambda: Trainer(_net(), optim.SGD(0.1), np.zeros((3, 4)), [0, 1]), ValueError, "shape"),
+    # one-hot labels: only 0 and 1, one 1 per row
+    (lambda: _net().loss(np.zeros((2, 4)), np.array([[1, 0, 0], [0, np.nan, 1]])), ValueError,
+     "only 0 and 1"),
+    (lambda: _net().loss(np.zeros((2, 4)), np.array([[2.0, 0, 0], [0, 0, 1]])), ValueError,
+     "only 0 and 1"),
+    (lambda: _net().loss(np.zeros((2, 4)), np.array([[1.0, 1, 0], [0, 0, 1]])), ValueError,
+     "exactly one 1"),
+    # the layers themselves
+    (lambda: layers.SoftmaxWithLoss().forward(np.zeros((2, 3)), np.array([0, -1])), ValueError,
+     "class id -1"),
+    (lambda: layers.SoftmaxWithLoss().forward(np.zeros((2, 3)), np.array([0, 1, 2])),
+     ValueError, "shape \\(2,\\)"),
+    (lambda: layers.SoftmaxWithLoss().forward(np.zeros((2, 3)), np.array([0]), check=False),
+     ValueError, "2 labels"),
+    (lambda: layers.BatchNorm(np.ones(3), np.zeros(3)).forward(np.ones((4, 3), np.int64), True),
+     TypeError, "x must be a float array, got int64"),
+    (lambda: layers.Affine(np.ones((3, 2)), np.zeros(2)).forward(np.ones((4, 3), np.int32)),
+     TypeError, "x must be a float array"),
+    # networks and trainers that could not train
+    (lambda: MultiLayerNet(4, None, 3), TypeError, "hidden_sizes must be an int or a list"),
+    (lambda: MultiLayerNet(4, 2.5, 3), TypeError, "hidden_sizes"),
+    (lambda: MultiLayerNet(4, "100", 3), TypeError, "hidden_sizes"),
+    (lambda: _net(batchnorm="yes"), TypeError, "batchnorm must be True or False"),
+    (lambda: _net(bn_running_var_init=-1.0), ValueError, "bn_running_var_init"),
+    (lambda: Trainer(_net(batchnorm=True), optim.SGD(0.1), np.zeros((1, 4)), [0]), ValueError,
+     "at least 2 samples"),
+    (lambda: Trainer(_net(batchnorm=True), optim.SGD(0.1), *toy(d=4), batch_size=1),
+     ValueError, "batch_size=1"),
+    (lambda: Trainer(_net(), optim.SGD(0.1), *toy(d=4), record_loss="after"), ValueError,
+     "record_loss"),
+    # gradient checking
+    (lambda: gradcheck.numerical_gradient(lambda: 0.0, np.zeros(3), h=0), ValueError,
+     "h must be > 0"),
+    (lambda: gradcheck.numerical_gradient(lambda: 0.0, np.zeros(3), h=float("nan")), ValueError,
+     "h must be > 0"),
+    (lambda: gradcheck.numerical_gradient(lambda: 0.0, np.zeros(3, np.int64)), TypeError,
+     "float array"),
+    (lambda: gradcheck.relative_difference(np.ones(3), np.ones(1)), ValueError, "same shape"),
+    (lambda: gradcheck.check_network(_net(dtype=np.float64), *toy(d=4), h=-1e-5), ValueError,
+     "h must be > 0"),
 ]
 
 
@@ -212,3 +252,20 @@ def test_ctrl_c_in_a_real_process_writes_a_checkpoint_that_resumes_exactly(tmp_p
     assert f"checkpoint written to {path}" in proc.stderr
     assert not (tmp_path / "params.npy").exists()  # code after fit() did not run
     np.testing.assert_array_equal(_same_run_here(resume=path), _same_run_here())
+
+
+@pytest.mark.parametrize("mode", ["fused", "reference"])
+def test_both_paths_refuse_the_same_input(mode):
+    p = np.ones(5, np.float32)
+    x, d3 = np.ones((4, 3)), np.ones(3)
+    with dispatch.use(mode):
+        with pytest.raises(TypeError, match="state\\[0\\] has dtype float64"):
+            dispatch.optimizer_step(functional.adagrad, p, p.copy(), (np.zeros(5),),
+                                    (0.1, 1e-7, 0.0))
+        with pytest.raises(ValueError, match="g has shape"):
+            dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0))
+        with pytest.raises(ValueError, match="gamma has shape"):
+            dispatch.batchnorm_forward_train(x, np.ones(2), d3, d3 * 0, d3, 0.9, 1e-5)
+        with pytest.raises(TypeError, match="x must be a float array"):
+            dispatch.batchnorm_forward_eval(x.astype(int), d3, d3, d3, d3, 1e-5)
+    np.testing.assert_array_equal(p, np.ones(5))

@@ -113,3 +113,48 @@ def test_fashion_mnist_one_epoch_reaches_80_percent(backend, data_dir):
     assert h.iterations == 469
     assert h.test_acc[0] < 0.3  # it learned, not started there
     assert h.test_acc[-1] >= 0.80, h.test_acc
+
+
+def test_record_loss_before_or_after_the_update(backend):
+    """One batch per epoch: the recorded loss is that batch's loss before the step (default),
+    or, as the book's trainer records it, the eval-mode loss after the step."""
+    x, t = toy(n=16)
+    losses = {}
+    for when in ("before_update", "after_update"):
+        net = MultiLayerNet(4, [5], 3, backend=backend, seed=0)
+        start = net.loss(x, t)
+        h = Trainer(net, optim.SGD(0.5), x, t, epochs=3, batch_size=16, seed=0, verbose=False,
+                    record_loss=when).fit()
+        losses[when] = h.train_loss
+        if when == "before_update":
+            assert h.train_loss[0] == pytest.approx(start, rel=1e-6)
+        else:
+            assert h.train_loss[-1] == pytest.approx(net.loss(x, t), rel=1e-6)
+    # the same run, the curves shifted by one update
+    assert losses["after_update"][:2] == pytest.approx(losses["before_update"][1:], rel=1e-5)
+
+
+def test_blas_threads_make_results_independent_of_the_thread_count(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import sys, numpy as np, accel
+        from accel import MultiLayerNet, optim
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((128, 784)).astype(np.float32); t = rng.integers(0, 10, 128)
+        net = MultiLayerNet(784, [100] * 4, 10, seed=0, backend="numpy")
+        opt = optim.Adam(1e-3)
+        x, t = net.prepare(x, t)
+        with accel.blas_threads(1):
+            for _ in range(4):
+                opt.update(net.params, net.loss_and_grads(x, t)[1])
+        np.save(sys.argv[1], net.params.flat)
+    """)
+    for n in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n))
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{n}.npy")], env=env,
+                       check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy"))
