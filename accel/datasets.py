@@ -505,6 +505,9 @@ def load(
     if split not in ("both", "train", "test"):
         raise ValueError(f"split={split!r} is not one of 'both', 'train', 'test'")
     dt = checks.floating_dtype("dtype", dtype)
+    for flag, value in (("normalize", normalize), ("flatten", flatten), ("one_hot", one_hot),
+                        ("download", download)):
+        checks.boolean(flag, value)
 
     if name in IDX_DATASETS:
         extra = {"n_samples": n_samples, "noise": noise, "n_classes": n_classes}

@@ -30,7 +30,7 @@ class EWMA:
 
     def __init__(self, beta: float = 0.9, bias_correction: bool = True):
         self.beta = checks.in_unit_interval("beta", beta)
-        self.bias_correction = bool(bias_correction)
+        self.bias_correction = checks.boolean("bias_correction", bias_correction)
         self.value, self.t = 0.0, 0
 
     def update(self, x) -> float:

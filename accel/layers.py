@@ -124,7 +124,7 @@ class Dropout:
 
     def __init__(self, ratio: float = 0.5, inverted: bool = True, rng=None):
         self.ratio = checks.in_unit_interval("ratio", ratio)
-        self.inverted = bool(inverted)
+        self.inverted = checks.boolean("inverted", inverted)
         self.rng = rng
         self.mask = None
 

@@ -245,7 +245,7 @@ class Adam(Optimizer):
         self.beta1 = checks.in_unit_interval("beta1", beta1)
         self.beta2 = checks.in_unit_interval("beta2", beta2)
         self.eps = checks.positive("eps", eps)
-        self.folded = bool(folded)
+        self.folded = checks.boolean("folded", folded)
 
     def _decay(self):
         """(coupled L2 weight decay, decoupled shrink factor)."""

@@ -90,7 +90,7 @@ class PCAWhitening:
             raise ValueError("zca=True keeps every component; leave n_components=None")
         self.n_components = n_components
         self.eps = checks.number("eps", eps, low=0)
-        self.zca = bool(zca)
+        self.zca = checks.boolean("zca", zca)
         self.mean_ = None
         self.components_ = None  # (n_features, k), columns = principal directions
         self.variances_ = None  # (k,), eigenvalues of the covariance, descending
@@ -191,6 +191,6 @@ def train_val_split(x, t, val_fraction: float = 0.2, seed=None, shuffle: bool = 
         raise ValueError(f"val_fraction={val_fraction} of {n} samples leaves "
                          f"{n_val} for validation and {n - n_val} for training; both need >= 1")
     xp = array_module(x)
-    idx = _permutation(n, seed, xp) if shuffle else xp.arange(n)
+    idx = _permutation(n, seed, xp) if checks.boolean("shuffle", shuffle) else xp.arange(n)
     tr, va = idx[: n - n_val], idx[n - n_val:]
     return (x[tr], t[tr]), (x[va], t[va])

@@ -10,7 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accel import MultiLayerNet, Trainer, dispatch, functional, gradcheck, layers, optim, schedules
+from accel import (
+    MultiLayerNet,
+    Trainer,
+    datasets,
+    dispatch,
+    ewma,
+    functional,
+    gradcheck,
+    layers,
+    optim,
+    preprocessing,
+    schedules,
+)
 from accel.backend import to_numpy
 from accel.trainer import NonFiniteError
 
@@ -269,3 +281,16 @@ def test_both_paths_refuse_the_same_input(mode):
         with pytest.raises(TypeError, match="x must be a float array"):
             dispatch.batchnorm_forward_eval(x.astype(int), d3, d3, d3, d3, 1e-5)
     np.testing.assert_array_equal(p, np.ones(5))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: optim.Adam(folded="no"), "folded"),
+    (lambda: layers.Dropout(0.5, inverted="no"), "inverted"),
+    (lambda: MultiLayerNet(4, [5], 3, dropout_inverted=0), "dropout_inverted"),
+    (lambda: datasets.load("moons", one_hot="yes"), "one_hot"),
+    (lambda: preprocessing.PCAWhitening(zca=1), "zca"),
+    (lambda: ewma.EWMA(0.9, bias_correction="no"), "bias_correction"),
+])
+def test_flags_are_true_or_false_not_anything_truthy(make, name):
+    with pytest.raises(TypeError, match=f"{name} must be True or False"):
+        make()
