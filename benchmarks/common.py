@@ -287,7 +287,7 @@ def make_net(run, n_in, n_out, hidden, seed=None, **kwargs):
 
 
 def train(net, opt, data, *, epochs=None, iterations=None, batch_size=100, seed=0,
-          schedule=None, evaluate_sample=None, verbose=False):
+          schedule=None, evaluate_sample=None, verbose=False, **trainer_kwargs):
     """Train with ``accel.Trainer`` on ``data`` = ((x, t), (x_test, t_test) or None) for
     ``epochs`` (or just enough epochs for ``iterations`` steps); returns the History.
 
@@ -300,7 +300,8 @@ def train(net, opt, data, *, epochs=None, iterations=None, batch_size=100, seed=
     trainer = accel.Trainer(net, opt, x, t, xt, tt, epochs=epochs, batch_size=batch_size,
                             schedule=schedule, evaluate_sample=evaluate_sample,
                             max_iterations=iterations, seed=seed, verbose=verbose,
-                            on_nonfinite=None)  # let divergence show, as the book does
+                            on_nonfinite=None,  # let divergence show, as the book does
+                            **trainer_kwargs)
     return trainer.fit()
 
 

@@ -239,3 +239,22 @@ def test_titles_name_the_real_layer_sizes(tmp_path):
     run_script("compare_optimizers", "--quick", "--dataset", "spiral", out=tmp_path)
     record = json.loads((tmp_path / "compare_optimizers.json").read_text())
     assert record["figure_title"].startswith("spiral: 2-100×4-3 relu"), record["figure_title"]
+
+
+@needs_fashion
+def test_book_differences_measures_each_documented_difference(tmp_path):
+    run_script("book_differences", "--quick", "--dataset", "fashion-mnist", out=tmp_path)
+    r = json.loads((tmp_path / "book_differences.json").read_text())["results"]
+    lf = r["loss_form"]
+    assert max(lf["book"]) <= -math.log(1e-7) + 1e-3  # the book's form caps a loss at 16.1
+    assert lf["final"]["median_abs_diff"] < 1e-4  # and agrees elsewhere
+    assert len(r["recorded_loss"]["SGD/after_update"]) == 150
+    assert len(r["bn_running_var"]["train_acc_init0"]) == 4  # epochs 0..3
+    assert r["nesterov"]["final"]["fixed"] == pytest.approx([0.6896, -0.0007], abs=5e-5)
+    assert r["nesterov"]["final"]["pre_fix"] == pytest.approx([0.5264, 0.0002], abs=5e-5)
+
+
+def test_thread_determinism_pinned_blas_is_bit_identical(tmp_path):
+    run_script("thread_determinism", "--quick", out=tmp_path)
+    r = json.loads((tmp_path / "thread_determinism.json").read_text())["results"]
+    assert r["blas_threads(1)"]["bit_identical_1_vs_2_threads"] is True
