@@ -70,7 +70,8 @@ class Op:
     reads: tuple
     shapes: Callable
     outputs: Callable = lambda arrays: ()
-    rows: bool = False  # (N, D) input: no rows → the reference (its NaN statistics)
+    takes: Callable = lambda arrays: True  # False: the kernel cannot, the reference runs
+    labels: tuple = ()  # positions of class ids (integers) or one-hot rows (floats)
     flat: bool = False  # elementwise: the kernel takes the arrays as 1-D views
 
 
@@ -79,20 +80,27 @@ def _like_first(arrays):
 
 
 def _matrix_and_vectors(*kinds):
-    """Shapes for an (N, D) op: "x" arguments are (N, D), "d" arguments (D,)."""
+    """Shapes for an (N, D) op: "x" arguments are (N, D), "d" arguments (D,), "n" (N,)."""
     def shapes(arrays):
         x = arrays[kinds.index("x")]
         if x.ndim != 2:
-            raise ValueError(f"batch norm kernels take x of shape (N, D), got {x.shape}")
-        return [x.shape if k == "x" else x.shape[1:] for k in kinds]
+            raise ValueError(f"this op takes a matrix of shape (N, D), got shape {x.shape}")
+        return [{"x": x.shape, "d": x.shape[1:], "n": x.shape[:1]}[k] for k in kinds]
     return shapes
 
 
-def _bn_outputs(*kinds):
+def _outputs(*kinds):
     def outputs(arrays):
         n, d = arrays[0].shape
-        return [(n, d) if k == "x" else (d,) for k in kinds]
+        return [{"x": (n, d), "d": (d,), "n": (n,)}[k] for k in kinds]
     return outputs
+
+
+def _scores_and_labels(arrays):
+    x, t = arrays
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (N, C), got {x.shape}")
+    return [x.shape, x.shape[:1] if t.ndim == 1 else x.shape]
 
 
 OPS: dict[Callable, Op] = {
@@ -105,14 +113,22 @@ OPS: dict[Callable, Op] = {
     F.batchnorm_forward_train: Op(
         "batchnorm", "batchnorm_forward_train", reads=(0, 1, 2),
         shapes=_matrix_and_vectors("x", "d", "d", "d", "d"),
-        outputs=_bn_outputs("x", "d", "d"), rows=True),
+        outputs=_outputs("x", "d", "d"), takes=lambda a: a[0].shape[0] > 0),
     F.batchnorm_forward_eval: Op(
         "batchnorm", "batchnorm_forward_eval", reads=(0, 1, 2, 3, 4),
-        shapes=_matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_bn_outputs("x")),
+        shapes=_matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x")),
     F.batchnorm_backward: Op(
         "batchnorm", "batchnorm_backward", reads=(0, 1, 2, 3, 4),
         shapes=_matrix_and_vectors("x", "x", "d", "d", "d"),
-        outputs=_bn_outputs("x", "d", "d")),
+        outputs=_outputs("x", "d", "d")),
+    F.bias_activation: Op(
+        "layers", "bias_activation", reads=(1,), shapes=_matrix_and_vectors("x", "d")),
+    F.activation_backward_bias: Op(
+        "layers", "activation_backward_bias", reads=(0, 1),
+        shapes=_matrix_and_vectors("x", "x", "d"), outputs=_outputs("x")),
+    F.softmax_cross_entropy: Op(
+        "layers", "softmax_cross_entropy", reads=(0, 1), shapes=_scores_and_labels,
+        outputs=_outputs("n", "x"), labels=(1,), takes=lambda a: a[1].ndim == 1),
 }
 
 
@@ -261,8 +277,9 @@ _NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
 
 def _prepare(op: Op, names, arrays):
     """Check every array argument; returns (arrays for the kernel, [(copy, original)])."""
-    for name, a in zip(names, arrays):
-        if not hasattr(a, "dtype") or a.dtype.kind != "f":
+    for i, (name, a) in enumerate(zip(names, arrays)):
+        kind = getattr(getattr(a, "dtype", None), "kind", None)
+        if kind != "f" and not (i in op.labels and kind in ("i", "u")):
             raise TypeError(f"{name} must be a float array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
     dtype = arrays[0].dtype
@@ -273,7 +290,8 @@ def _prepare(op: Op, names, arrays):
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
         xp = array_module(a)
         if i in op.reads:
-            out.append(xp.ascontiguousarray(a, dtype=dtype))
+            kind = np.int64 if a.dtype.kind in "iu" else dtype  # class ids stay integers
+            out.append(xp.ascontiguousarray(a, dtype=kind))
             continue
         if a.dtype != dtype:
             raise TypeError(f"{name} has dtype {a.dtype}; it is updated in place and must "
@@ -300,7 +318,7 @@ def call(reference, *arrays, scalars=(), target=None, names=None):
     if target is None:
         target = _target(arrays[0])
     kernel = None
-    if target is not None and not (op.rows and arrays[0].shape[0] == 0):
+    if target is not None and op.takes(prepared):
         kernel = _kernel(op, target, arrays[0].size)
     if kernel is not None:
         xp = array_module(prepared[0])
@@ -348,3 +366,20 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
 def batchnorm_backward(dy, x, gamma, mean, invstd):
     """As ``functional.batchnorm_backward``: (dx, dgamma, dbeta)."""
     return call(F.batchnorm_backward, dy, x, gamma, mean, invstd)
+
+
+def bias_activation(y, b, act):
+    """As ``functional.bias_activation``: y ← f(y + b) in place."""
+    call(F.bias_activation, y, b, scalars=(act,))
+
+
+def activation_backward_bias(dout, out, db, act):
+    """As ``functional.activation_backward_bias``: returns dy; db in place."""
+    return call(F.activation_backward_bias, dout, out, db, scalars=(act,))
+
+
+def softmax_cross_entropy(x, t):
+    """As ``functional.softmax_cross_entropy``: (losses, dx). The kernel takes class ids as
+    they are (checked before, e.g. by ``MultiLayerNet.prepare``); one-hot rows take the
+    reference."""
+    return call(F.softmax_cross_entropy, x, t)

@@ -129,3 +129,64 @@ def batchnorm_backward(dy, x, gamma, mean, invstd):
     dgamma = (dy * xhat).sum(axis=0)
     dx = (gamma * invstd / n) * (n * dy - dbeta - xhat * dgamma)
     return dx, dgamma, dbeta
+
+
+# -- layers: bias + activation, its backward, softmax + cross-entropy + gradient
+#
+# The activation is a number (the kernels take scalars): RELU, SIGMOID or TANH.
+
+RELU, SIGMOID, TANH = 0, 1, 2
+ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID, "tanh": TANH}
+
+
+def bias_activation(y, b, act):
+    """y ← f(y + b) in place, for y of shape (N, D) and b of shape (D,):
+    relu f(z) = max(z, 0); sigmoid f(z) = (1 + tanh(z/2))/2 (never overflows); tanh."""
+    xp = array_module(y)
+    y += b
+    if act == RELU:
+        xp.maximum(y, 0, out=y)
+    elif act == SIGMOID:
+        y *= 0.5
+        xp.tanh(y, out=y)
+        y += 1
+        y *= 0.5
+    else:
+        xp.tanh(y, out=y)
+
+
+def activation_backward_bias(dout, out, db, act):
+    """dy = dout·f'(z), written from the output out = f(z): relu (out > 0), sigmoid
+    out·(1 − out), tanh 1 − out²; db ← Σ_rows dy (in place). Returns dy."""
+    if act == RELU:
+        dy = dout * (out > 0)
+    elif act == SIGMOID:
+        dy = dout * out * (1 - out)
+    else:
+        dy = dout * (1 - out * out)
+    dy.sum(axis=0, out=db)
+    return dy
+
+
+def softmax_cross_entropy(x, t):
+    """Per row i of the scores x (N, C), with class ids t (N,) or one-hot rows t (N, C):
+    losses[i] = (log Σ_j exp(x_ij) − x_i,t_i) / N (the row max subtracted first), and
+    dx = (softmax(x) − onehot(t)) / N, the gradient of the mean loss Σ losses.
+    Returns (losses, dx)."""
+    xp = array_module(x)
+    n = x.shape[0]
+    z = x - x.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    s = e.sum(axis=1)
+    if t.ndim == 1:
+        picked = z[xp.arange(n), t]
+    else:
+        picked = (z * t).sum(axis=1)
+    losses = (xp.log(s) - picked) / n
+    e /= s[:, None]
+    if t.ndim == 1:
+        e[xp.arange(n), t] -= 1
+    else:
+        e -= t
+    e /= n
+    return losses, e

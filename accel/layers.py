@@ -10,6 +10,7 @@ gradient buffer.
 from __future__ import annotations
 
 from . import checks, dispatch
+from . import functional as F
 from .backend import array_module
 
 
@@ -49,6 +50,16 @@ class Affine:
         self.need_dx = True  # False for a first layer: skips the unused dL/dx product
 
     def forward(self, x, train: bool = False):
+        out = self.forward_linear(x)
+        out += self.b  # in place: one allocation per forward, not two
+        return out
+
+    def backward(self, dout):
+        dout.sum(axis=0, out=self.db)
+        return self.backward_linear(dout)
+
+    def forward_linear(self, x):
+        """x·W without the bias (for a following layer that adds it in its own pass)."""
         _float_input("x", x)
         self.x_shape = x.shape
         x = x.reshape(x.shape[0], -1)
@@ -58,24 +69,41 @@ class Affine:
                 f"Affine expects {self.W.shape[0]}"
             )
         self.x = x
-        out = x @ self.W
-        out += self.b  # in place: one allocation per forward, not two
-        return out
+        return x @ self.W
 
-    def backward(self, dout):
-        xp = array_module(dout)
-        xp.matmul(self.x.T, dout, out=self.dW)
-        dout.sum(axis=0, out=self.db)
+    def backward_linear(self, dout):
+        """dW = xᵀ·dout and dL/dx = dout·Wᵀ (db is left to the caller)."""
+        array_module(dout).matmul(self.x.T, dout, out=self.dW)
         if not self.need_dx:
             return None
         return (dout @ self.W.T).reshape(self.x_shape)
 
 
-class ReLU:
+class _Activation:
+    """What the three activations share: the fused pass after an Affine layer (bias and
+    activation in one kernel, backward and the bias gradient in another; formulas in
+    ``accel.functional``)."""
+
+    code = None  # functional.RELU / SIGMOID / TANH
+
+    def forward_bias(self, y, b):
+        """f(y + b), computed in place in y."""
+        dispatch.bias_activation(y, b, self.code)
+        self.out = y
+        return y
+
+    def backward_bias(self, dout, db):
+        """dL/dy from dL/dout, with db ← Σ_rows dL/dy written in place."""
+        return dispatch.activation_backward_bias(dout, self.out, db, self.code)
+
+
+class ReLU(_Activation):
     """out = max(x, 0)."""
 
+    code = F.RELU
+
     def __init__(self):
-        self.mask = None
+        self.mask = self.out = None
 
     def forward(self, x, train: bool = False):
         self.mask = x > 0
@@ -85,8 +113,10 @@ class ReLU:
         return dout * self.mask
 
 
-class Sigmoid:
+class Sigmoid(_Activation):
     """out = 1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2, which never overflows."""
+
+    code = F.SIGMOID
 
     def __init__(self):
         self.out = None
@@ -100,8 +130,10 @@ class Sigmoid:
         return dout * self.out * (1 - self.out)
 
 
-class Tanh:
+class Tanh(_Activation):
     """out = tanh(x)."""
+
+    code = F.TANH
 
     def __init__(self):
         self.out = None
@@ -210,45 +242,57 @@ class SoftmaxWithLoss:
     """Softmax + mean cross-entropy. ``t`` holds class ids (N,) or one-hot rows (N, C).
 
     loss = mean(logsumexp(x) − x[t]), with the row max subtracted first so exp never
-    overflows; backward: (softmax(x) − onehot(t)) / N · dout.
+    overflows; its gradient (softmax(x) − onehot(t)) / N is formed in the same pass
+    (``functional.softmax_cross_entropy``), and backward scales it by dout.
     """
 
     def __init__(self):
-        self.y = self.t = None
+        self.dx = self.t = None
 
     def forward(self, x, t, train: bool = False, check: bool = True):
         """The loss (a 0-d array). ``check=False`` skips the label checks (class ids in
         range, one-hot rows of 0/1), which read the labels back from the device: for labels
         checked once before a training loop (``MultiLayerNet.prepare``)."""
         _float_input("x", x, ndim=2)
-        xp = array_module(x)
         n = x.shape[0]
         if check:
             t = checks.labels("t", t, n, x.shape[1])
         elif getattr(t, "shape", (None,))[0] != n:
             raise ValueError(f"t must have {n} labels (one per row of x), got shape "
                              f"{getattr(t, 'shape', None)}")
-        z = x - x.max(axis=1, keepdims=True)
-        e = xp.exp(z)
-        s = e.sum(axis=1)
-        e /= s[:, None]
-        self.y, self.t = e, t
-        # −log softmax(x)[t] = log Σexp(z) − z[t]: only the picked entries of log p are formed
-        if t.ndim == 1:
-            picked = z[xp.arange(n), t].sum()
-            log_s = xp.log(s).sum()
+        losses, self.dx = dispatch.softmax_cross_entropy(x, t)
+        self.t = t
+        return losses.sum()
+
+    @property
+    def y(self):
+        """softmax(x) of the last forward pass, recovered from its gradient (N·dx + onehot:
+        probabilities far below the dtype's resolution next to 1 read as 0)."""
+        xp = array_module(self.dx)
+        n = self.dx.shape[0]
+        y = self.dx * n
+        if self.t.ndim == 1:
+            y[xp.arange(n), self.t] += 1
         else:
-            picked = (z * t).sum()
-            log_s = (xp.log(s) * t.sum(axis=1)).sum()
-        return (log_s - picked) / n
+            y += self.t
+        return y
 
     def backward(self, dout=1.0):
-        xp = array_module(self.y)
-        n = self.y.shape[0]
-        dx = self.y.copy()
-        if self.t.ndim == 1:
-            dx[xp.arange(n), self.t] -= 1
-        else:
-            dx -= self.t
-        dx *= dx.dtype.type(dout / n)
-        return dx
+        if dout == 1:
+            return self.dx
+        return self.dx * self.dx.dtype.type(dout)
+
+
+class AffineActivation:
+    """An Affine layer and the activation after it, in two passes instead of four: x·W, then
+    f(· + b) in one kernel; backward: dL/dy and db in one kernel, then the two products.
+    The two layers keep their parameters and state (``affine``, ``activation``)."""
+
+    def __init__(self, affine: Affine, activation: _Activation):
+        self.affine, self.activation = affine, activation
+
+    def forward(self, x, train: bool = False):
+        return self.activation.forward_bias(self.affine.forward_linear(x), self.affine.b)
+
+    def backward(self, dout):
+        return self.affine.backward_linear(self.activation.backward_bias(dout, self.affine.db))

@@ -11,7 +11,16 @@ from . import checkpoint, checks
 from .backend import get_backend
 from .flat import allocate
 from .initializers import init_weight, weight_std
-from .layers import Affine, BatchNorm, Dropout, ReLU, Sigmoid, SoftmaxWithLoss, Tanh
+from .layers import (
+    Affine,
+    AffineActivation,
+    BatchNorm,
+    Dropout,
+    ReLU,
+    Sigmoid,
+    SoftmaxWithLoss,
+    Tanh,
+)
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 # constructor arguments added after format-1 files were written, with the value those files
@@ -88,6 +97,7 @@ class MultiLayerNet:
                 self.layers.append(Dropout(self.dropout, dropout_inverted, rng=self.rng))
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
         self.last_layer = SoftmaxWithLoss()
+        self.passes = _fuse(self.layers)
 
     def __repr__(self) -> str:
         return (f"MultiLayerNet(sizes={self.sizes}, activation={self.activation!r}, "
@@ -118,7 +128,7 @@ class MultiLayerNet:
         every call."""
         loss = self._loss(x, t, True)
         dout = self.last_layer.backward(1.0)
-        for layer in reversed(self.layers):
+        for layer in reversed(self.passes):
             dout = layer.backward(dout)
         if self.weight_decay:
             self.grads.flat[:self.n_weights] += self.dtype.type(self.weight_decay) * \
@@ -132,7 +142,7 @@ class MultiLayerNet:
         return self._predict(self.prepare(x), train)
 
     def _predict(self, x, train):
-        for layer in self.layers:
+        for layer in self.passes:
             x = layer.forward(x, train)
         return x
 
@@ -287,3 +297,18 @@ def param_shapes(sizes, batchnorm: bool) -> dict:
         if batchnorm and i < len(sizes) - 1:
             shapes[f"gamma{i}"] = shapes[f"beta{i}"] = (sizes[i],)
     return shapes
+
+
+def _fuse(layers) -> list:
+    """The layers as the network runs them: an Affine directly followed by its activation
+    (no BatchNorm between) becomes one AffineActivation; the rest run as they are."""
+    passes, i = [], 0
+    while i < len(layers):
+        if (isinstance(layers[i], Affine) and i + 1 < len(layers)
+                and isinstance(layers[i + 1], (ReLU, Sigmoid, Tanh))):
+            passes.append(AffineActivation(layers[i], layers[i + 1]))
+            i += 2
+        else:
+            passes.append(layers[i])
+            i += 1
+    return passes

@@ -65,7 +65,7 @@ def main(argv=None):
                              ["steps", "rounds"])
     times = {c: [] for c in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(cfg["rounds"]):
+        for _ in range(cfg["rounds"]):
             for threads, pinned in CONFIGS:
                 out = Path(tmp) / f"{threads}-{pinned}.npy"
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads),

@@ -311,3 +311,87 @@ def test_cuda_compile_failure_falls_back_to_the_reference(monkeypatch, caplog):
     dispatch.optimizer_step(functional.adam, p, g, (m, v), scalars)
     assert dispatch.last_path("adam") == "reference"
     np.testing.assert_array_equal(p, expected)
+
+
+# -- layers: bias + activation, its backward, softmax + cross-entropy
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,d", [(0, 3), (1, 1), (2, 3), (37, 70), (300, 5)])
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
+def test_layer_kernels_match_reference(act, n, d, dtype, parallel, monkeypatch):
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 0 if parallel else 1 << 30)
+    code = functional.ACTIVATION_CODES[act]
+    rng = np.random.default_rng(n * 100 + d)
+    y = (rng.standard_normal((n, d)) * 4).astype(dtype)
+    b = rng.standard_normal(d).astype(dtype)
+    dout = rng.standard_normal((n, d)).astype(dtype)
+    y_ref = y.copy()
+    dispatch.bias_activation(y, b, code)
+    functional.bias_activation(y_ref, b, code)
+    assert dispatch.last_path("bias_activation") == "cpu"
+    tol = TOL[dtype]
+    assert_close(y, y_ref, **tol)
+    db, db_ref = np.full(d, np.nan, dtype), np.full(d, np.nan, dtype)
+    dy = dispatch.activation_backward_bias(dout, y, db, code)
+    dy_ref = functional.activation_backward_bias(dout, y, db_ref, code)
+    assert dispatch.last_path("activation_backward_bias") == "cpu"
+    assert dy.dtype == dtype and db.dtype == dtype
+    assert_close(dy, dy_ref, **tol)
+    assert_close(db, db_ref, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * max(1, n))
+
+
+def test_relu_kernels_keep_nan_and_the_subgradient_at_zero():
+    y = np.array([[np.nan, 0.0, -1.0, 2.0]])
+    b = np.zeros(4)
+    dispatch.bias_activation(y, b, functional.RELU)
+    assert np.isnan(y[0, 0]) and list(y[0, 1:]) == [0.0, 0.0, 2.0]
+    db = np.empty(4)
+    dy = dispatch.activation_backward_bias(np.ones((1, 4)), np.array([[0.0, 0.0, 1.0, 3.0]]),
+                                           db, functional.RELU)
+    assert list(dy[0]) == [0.0, 0.0, 1.0, 1.0] and list(db) == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,c", [(1, 1), (1, 10), (3, 2), (129, 10)])
+def test_softmax_cross_entropy_kernel_matches_reference(n, c, dtype, parallel, monkeypatch):
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 0 if parallel else 1 << 30)
+    rng = np.random.default_rng(n + c)
+    x = (rng.standard_normal((n, c)) * 5).astype(dtype)
+    x[0, 0] = 800  # exp would overflow without the row max subtracted
+    t = rng.integers(0, c, n)
+    losses, dx = dispatch.softmax_cross_entropy(x, t)
+    assert dispatch.last_path("softmax_cross_entropy") == "cpu"
+    ref_losses, ref_dx = functional.softmax_cross_entropy(x, t)
+    assert losses.dtype == dtype and dx.dtype == dtype
+    assert np.isfinite(losses).all()
+    assert_close(losses, ref_losses, **TOL[dtype])
+    assert_close(dx, ref_dx, **TOL[dtype])
+    # the same labels as one-hot rows take the reference, with the same numbers
+    onehot = np.eye(c, dtype=dtype)[t]
+    oh_losses, oh_dx = dispatch.softmax_cross_entropy(x, onehot)
+    assert dispatch.last_path("softmax_cross_entropy") == "reference"
+    assert_close(oh_losses, ref_losses, **TOL[dtype])
+    assert_close(oh_dx, ref_dx, **TOL[dtype])
+
+
+def test_fused_network_step_matches_the_reference_path():
+    """A whole forward/backward with every layer kernel against the xp reference path."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 20))
+    t = rng.integers(0, 5, 64)
+    for activation in ("relu", "sigmoid", "tanh"):
+        net = MultiLayerNet(20, [16, 12], 5, activation=activation, weight_decay=0.01,
+                            dtype=np.float64, seed=2)
+        dispatch.reset_calls()
+        loss, grads = net.loss_and_grads(x, t)
+        kernels_used = {k for k, path in dispatch.calls() if path == "cpu"}
+        assert kernels_used == {"bias_activation", "activation_backward_bias",
+                                "softmax_cross_entropy"}, dispatch.calls()
+        g = grads.flat.copy()
+        with dispatch.use("reference"):
+            loss_r, grads_r = net.loss_and_grads(x, t)
+        assert abs(float(loss) - float(loss_r)) < 1e-13
+        assert_close(g, grads_r.flat, rtol=1e-12, atol=1e-15)

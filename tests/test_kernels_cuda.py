@@ -108,6 +108,36 @@ def _check_batchnorm(dispatch, functional):
         print(f"ok batchnorm {np.dtype(dtype).name}")
 
 
+def _check_layers(dispatch, functional):
+    rng = np.random.default_rng(2)
+    for dtype, tol in ((np.float32, 2e-6), (np.float64, 1e-12)):
+        for n, d in ((0, 3), (1, 1), (3, 2), (19, 37)):  # d > COLS: two column tiles
+            b = rng.standard_normal(d).astype(dtype)
+            dout = rng.standard_normal((n, d)).astype(dtype)
+            for act in (functional.RELU, functional.SIGMOID, functional.TANH):
+                y = (rng.standard_normal((n, d)) * 4).astype(dtype)
+                y_ref = y.copy()
+                dispatch.call(functional.bias_activation, y, b, scalars=(act,), target="cuda")
+                functional.bias_activation(y_ref, b, act)
+                np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+                db, db_ref = np.full(d, np.nan, dtype), np.full(d, np.nan, dtype)
+                dy = dispatch.call(functional.activation_backward_bias, dout, y, db,
+                                   scalars=(act,), target="cuda")
+                dy_ref = functional.activation_backward_bias(dout, y, db_ref, act)
+                np.testing.assert_allclose(dy, dy_ref, rtol=tol, atol=tol)
+                np.testing.assert_allclose(db, db_ref, rtol=10 * tol, atol=10 * tol * max(n, 1))
+            if n:
+                x = (rng.standard_normal((n, d)) * 5).astype(dtype)
+                t = rng.integers(0, d, n)
+                losses, dx = dispatch.call(functional.softmax_cross_entropy, x, t,
+                                           target="cuda")
+                ref = functional.softmax_cross_entropy(x, t)
+                np.testing.assert_allclose(losses, ref[0], rtol=tol, atol=tol)
+                np.testing.assert_allclose(dx, ref[1], rtol=tol, atol=tol)
+            assert set(dispatch.last_path().values()) == {"cuda"}, dispatch.last_path()
+        print(f"ok layers {np.dtype(dtype).name}")
+
+
 def main():
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         sys.exit("run with NUMBA_ENABLE_CUDASIM=1")
@@ -119,6 +149,7 @@ def main():
     cuda_jit.MAX_BLOCKS = 2
     _check_optimizers(dispatch, functional)
     _check_batchnorm(dispatch, functional)
+    _check_layers(dispatch, functional)
     print("all CUDA twins match")
 
 
