@@ -228,6 +228,15 @@ def _kernel(op: Op, target: str, size: int):
     return table.get(op.kernel)
 
 
+def route(reference, *arrays) -> str | None:
+    """The path ``call(reference, *arrays)`` takes: "cpu", "cuda", or None (the reference)."""
+    op = OPS[reference]
+    target = _target(arrays[0])
+    if target is None or not op.takes(arrays) or _kernel(op, target, arrays[0].size) is None:
+        return None
+    return target
+
+
 def launch_cuda(kernel, launch, *args) -> bool:
     """Launch a CUDA kernel with ``launch`` = (blocks, threads) on CuPy's current stream.
 
