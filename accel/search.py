@@ -61,7 +61,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 __all__ = ["BOOK_SPACE", "log_uniform", "uniform", "suggest", "sampler", "pruner", "storage",
-           "pruning_hook", "narrow", "run_study", "random_search", "SearchResult",
+           "pruning_hook", "rank", "narrow", "run_study", "random_search", "SearchResult",
            "epochs_run", "SAMPLERS", "PRUNERS"]
 
 SAMPLERS = ("random", "tpe")
