@@ -62,7 +62,7 @@ from optuna.trial import TrialState
 
 __all__ = ["BOOK_SPACE", "log_uniform", "uniform", "suggest", "sampler", "pruner", "storage",
            "pruning_hook", "rank", "narrow", "run_study", "random_search", "SearchResult",
-           "epochs_run", "SAMPLERS", "PRUNERS"]
+           "epochs_run", "space_entry", "SAMPLERS", "PRUNERS"]
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("none", "median", "hyperband")
@@ -182,7 +182,8 @@ def pruner(name: str = "none", *, epochs: int | None = None, startup_trials: int
            warmup_epochs: int = 5) -> optuna.pruners.BasePruner:
     """"none" (the book's experiment: every trial runs all its epochs), "median" (stop a
     trial whose best validation accuracy so far is below the median of the earlier trials'
-    at the same epoch, after ``startup_trials`` trials and ``warmup_epochs`` epochs) or
+    at the same epoch, once ``startup_trials`` trials have finished, from epoch
+    ``warmup_epochs`` on) or
     "hyperband" (successive halving from 1 epoch up to ``epochs``, a factor 3 per rung)."""
     if name in (None, "none"):
         return optuna.pruners.NopPruner()
@@ -480,8 +481,15 @@ class SearchResult:
         return rank(self.trials, self.maximize)[0]
 
     def spaces_dict(self) -> list:
-        return [{k: optuna.distributions.distribution_to_json(d) for k, d in s.items()}
-                for s in self.spaces]
+        """Each round's space as JSON-ready dicts: {"low", "high", "log"} or {"choices"}."""
+        return [{k: space_entry(d) for k, d in s.items()} for s in self.spaces]
+
+
+def space_entry(d) -> dict:
+    if isinstance(d, CategoricalDistribution):
+        return {"kind": "choice", "choices": list(d.choices)}
+    return {"kind": "log_uniform" if d.log else "uniform", "low": d.low, "high": d.high,
+            "log": d.log}
 
 
 def random_search(objective, n_trials: int = 100, *, space: dict | None = None, seed=None,
