@@ -32,6 +32,7 @@ from accel import search
 # worker processes, BLAS threads per worker (None: the library's default, 2 on 2 cores)
 WORKER_CONFIGS = {"1 worker": (1, None), "2 workers, BLAS 1 thread each": (2, 1),
                   "2 workers": (2, None)}
+SLUG = {"1 worker": "w1", "2 workers, BLAS 1 thread each": "w2-blas1", "2 workers": "w2"}
 DEFAULTS = {"trials": 100, "epochs": 50, "top": 5, "tol": 0.01,
             "searches": ["random/median", "tpe/median", "random/hyperband", "tpe/hyperband"]}
 QUICK = {"trials": 10, "epochs": 4, "top": 2, "searches": ["random/median", "tpe/median"]}
@@ -91,7 +92,7 @@ def main(argv=None):
         plain = None
         for rep in range(args.repeats):
             for c, (w, blas) in WORKER_CONFIGS.items():
-                wall, study, _ = run_search(args, tmp, f"random-none-{c}-r{rep}", cfg,
+                wall, study, _ = run_search(args, tmp, f"random-none-{SLUG[c]}-r{rep}", cfg,
                                             workers=w, blas=blas)
                 walls[c].append(round(wall, 2))
                 plain = plain or (study if w == 1 else None)
