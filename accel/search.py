@@ -349,7 +349,7 @@ def _counts(study) -> dict:
     return out
 
 
-def _work(study, objective, space, n_trials, poll=0.5, blas_threads=None, config=None):
+def _work(study, objective, space, n_trials, poll=0.5, blas_threads=None):
     """One worker: run trials of ``study`` (a Study, or the arguments of :func:`_load`)
     until n_trials of them are complete or pruned."""
     with contextlib.ExitStack() as stack:
