@@ -12,7 +12,6 @@ from . import (
     optim,
     preprocessing,
     schedules,
-    search,
 )
 from .backend import array_module, get_backend, to_device, to_numpy
 from .history import History
@@ -20,9 +19,18 @@ from .network import MultiLayerNet
 from .threads import blas_threads
 from .trainer import Trainer
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = [
     "array_module", "blas_threads", "get_backend", "to_device", "to_numpy", "MultiLayerNet",
     "Trainer", "History", "datasets", "ewma", "gradcheck", "initializers", "layers", "optim",
     "preprocessing", "schedules", "search",
 ]
+
+
+def __getattr__(name):
+    # accel.search imports Optuna (a third of a second): only when it is first used
+    if name == "search":
+        import importlib
+
+        return importlib.import_module(".search", __name__)
+    raise AttributeError(f"module 'accel' has no attribute {name!r}")

@@ -37,3 +37,16 @@ def assert_close(actual, desired, rtol=1e-7, atol=0.0):
     """allclose on either backend (arrays brought to NumPy)."""
     np.testing.assert_allclose(backend_mod.to_numpy(actual), backend_mod.to_numpy(desired),
                                rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a throw-away PostgreSQL database (server started for this session);
+    skipped, with the reason, where no server can be started."""
+    import pg
+
+    try:
+        with pg.server() as url:
+            yield url
+    except pg.Unavailable as exc:
+        pytest.skip(str(exc))

@@ -206,6 +206,21 @@ def test_hyperparameter_search_workers_and_narrow(tmp_path):
     assert spaces[1]["lr"]["high"] <= spaces[0]["lr"]["high"]
     round2 = [v for v in record["results"].values() if v["round"] == 1]
     assert all(spaces[1]["lr"]["low"] <= v["lr"] <= spaces[1]["lr"]["high"] for v in round2)
+    # round 2 spans exactly the best 2 of round 1
+    best2 = [v for v in record["results"].values() if v["round"] == 0][:2]
+    assert spaces[1]["lr"]["low"] == min(v["lr"] for v in best2)
+    assert spaces[1]["lr"]["high"] == max(v["lr"] for v in best2)
+    assert {v["state"] for v in record["results"].values()} == {"complete"}
+    assert all(v["worker"] and v["epochs"] == 2 for v in record["results"].values())
+    assert len(record["search"]["studies"]) == 2
+    # the study lives in <out>/hyperparameter_search.db: the same command again continues it
+    assert (out / "hyperparameter_search.db").is_file()
+    run_script("hyperparameter_search", "--quick", "--dataset", "spiral", "--trials", "4",
+               "--epochs", "2", "--narrow", "2", out=out)
+    again = json.loads((out / "hyperparameter_search.json").read_text())
+    assert again["search"]["ranking"] == record["search"]["ranking"]
+    assert {k: v["final"] for k, v in again["results"].items()} == \
+        {k: v["final"] for k, v in record["results"].items()}
 
 
 def test_run_all_index(tmp_path):
