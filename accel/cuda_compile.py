@@ -226,6 +226,15 @@ def ptxas_version(ptxas: str) -> str:
     return lines[-1] if lines else proc.stderr.strip()
 
 
+def _wheel_version(name):
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def compile_all(ccs=CCS, dtypes=DTYPES, ptxas: str | None = "auto") -> dict:
     """Compile every CUDA kernel × dtype × cc; assemble with ptxas where found.
 
@@ -247,6 +256,8 @@ def compile_all(ccs=CCS, dtypes=DTYPES, ptxas: str | None = "auto") -> dict:
             info["nvvm_version"] = ".".join(map(str, nvvm.NVVM().get_version()))
         except Exception as exc:  # noqa: BLE001
             info["nvvm_version"] = f"unknown ({type(exc).__name__}: {exc})"
+        info["nvvm_wheel"] = _wheel_version("nvidia-nvvm") or _wheel_version(
+            "nvidia-cuda-nvcc-cu12")
     jobs = []
     for ref, op, kernel in cuda_kernels():
         for dtype in dtypes:
@@ -277,6 +288,8 @@ def compile_all(ccs=CCS, dtypes=DTYPES, ptxas: str | None = "auto") -> dict:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:2000]}"
             continue
         row["compile_s"] = time.perf_counter() - t0
+        version = re.search(r"^\.version (\S+)", ptx, re.M)
+        row["ptx_version"] = version.group(1) if version else None
         row["ptx_entries"] = len(re.findall(r"^\.(?:visible )?\.entry ", ptx, re.M))
         row["ok"] = row["ptx_entries"] >= 1
         if not row["ok"]:
@@ -292,8 +305,9 @@ def compile_all(ccs=CCS, dtypes=DTYPES, ptxas: str | None = "auto") -> dict:
         try:
             row.update(assemble(ptx_of[id(row)], cc, tool["ptxas"]))
             if row["assembler"] != "ptxas" and tool["ptxas"]:
-                info["ptxas_skipped"] = (f"{ptxas_version(ptxas)} does not take NVVM "
-                                         f"{info.get('nvvm_version')}'s PTX version")
+                info["ptxas_skipped"] = (f"ptxas on PATH ({info['ptxas_version']}) does not "
+                                         f"take PTX .version {row['ptx_version']}: "
+                                         "assembled by nvJitLink")
                 tool["ptxas"] = None  # too old for this PTX: nvJitLink for the rest
         except Exception as exc:  # noqa: BLE001
             row["ok"], row["error"] = False, f"{type(exc).__name__}: {exc}"

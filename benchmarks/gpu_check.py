@@ -65,7 +65,7 @@ def device_info():
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return None, "CuPy sees no CUDA device"
     except Exception as exc:  # noqa: BLE001  ImportError, CUDARuntimeError, ...
-        return None, f"no GPU: {type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}"
     props = cupy.cuda.runtime.getDeviceProperties(0)
     name = props["name"]
     name = name.decode() if isinstance(name, bytes) else name
@@ -317,8 +317,9 @@ def summary_md(report) -> str:
     ok = sum(r["ok"] for r in rows)
     tool = comp.get("ptxas_skipped") or ""
     lines += [f"## Compile for sm_80 / sm_90: {ok}/{len(rows)} ok",
-              "", f"NVVM {comp.get('nvvm_version')}, ptxas on PATH: {comp.get('ptxas_version')}, "
-              f"nvJitLink {comp.get('nvjitlink_version')}. {tool}", "",
+              "", f"NVVM {comp.get('nvvm_version')} (wheel {comp.get('nvvm_wheel')}), ptxas on "
+              f"PATH: {comp.get('ptxas_version')}, nvJitLink {comp.get('nvjitlink_version')}. "
+              f"{tool}", "",
               "| kernel | dtype | cc | ok | registers | spill bytes (st/ld) | threads/block |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
