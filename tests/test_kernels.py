@@ -395,19 +395,3 @@ def test_fused_network_step_matches_the_reference_path():
             loss_r, grads_r = net.loss_and_grads(x, t)
         assert abs(float(loss) - float(loss_r)) < 1e-13
         assert_close(g, grads_r.flat, rtol=1e-12, atol=1e-15)
-
-
-@pytest.mark.parametrize("n,d,itemsize,inputs", [
-    (1024, 4096, 4, 1), (1024, 4096, 4, 2), (100, 100, 4, 2), (37, 70, 8, 1),
-    (100_000, 64, 4, 2), (1, 1, 4, 1), (3, 5000, 8, 2)])
-def test_batchnorm_cpu_tiles(n, d, itemsize, inputs):
-    """Column tiles of the CPU batch-norm kernels: whole columns, within the cache budget
-    unless at the narrowest width, at least MIN_TILES where D is wide enough."""
-    from accel.kernels import batchnorm_cpu as bn
-
-    w = bn.tile_columns(n, d, itemsize, inputs)
-    assert 1 <= w <= d
-    assert w == d or w % 16 == 0
-    assert w <= bn.MIN_COLUMNS or n * w * itemsize * inputs <= bn.TILE_BYTES
-    if d >= bn.MIN_TILES * bn.MIN_COLUMNS:
-        assert -(-d // w) >= bn.MIN_TILES
