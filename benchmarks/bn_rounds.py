@@ -8,11 +8,17 @@ noisy machine; the medians and the spread (min–max) over rounds are printed, a
 accel/torch ratio per round.
 
     python benchmarks/bn_rounds.py [--rounds 7] [--shape 1024 4096] [--out DIR]
-        [--also FILE]
+        [--also FILE] [--malloc-heap]
 
 ``--also FILE`` times, in the accel process too, the kernels of another version of
 kernels/batchnorm_cpu.py (e.g. ``git show main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``),
-called directly, alternating with the current ones run the same way: a before/after.
+called directly (outputs allocated once), alternating with the current ones called the same
+way. "fused" goes through accel.dispatch, which allocates the outputs on every call.
+
+``--malloc-heap`` runs both workers with glibc told to keep large blocks on its heap
+(MALLOC_MMAP_THRESHOLD_=1 GiB, MALLOC_TRIM_THRESHOLD_=4 GiB): by default glibc maps each
+16 MB output afresh and the kernel zeroes its pages on first touch (~1 300 page faults per
+fwd+bwd here), which costs more than the batch-norm kernels themselves on this machine.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def load_kernels(path):
 
     spec = importlib.util.spec_from_file_location("accel.kernels.bn_other", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # Numba's on-disk cache finds the module by name
     spec.loader.exec_module(mod)
     return mod.KERNELS
 
@@ -75,11 +82,13 @@ def accel_worker(n, d, reps, also=None):
             k["batchnorm_backward"](dy, x, gamma, mean, invstd, dx, dg, db)
 
         other = load_kernels(also)
-        now, before = [], []
+        current, other_t = [], []
         for _ in range(3):  # alternating, in this process
-            now.append(median_time(lambda: direct(batchnorm_cpu.KERNELS), reps, min_time=0.2))
-            before.append(median_time(lambda: direct(other), reps, min_time=0.2))
-        res.update(kernels_now_s=float(np.median(now)), kernels_before_s=float(np.median(before)))
+            current.append(median_time(lambda: direct(batchnorm_cpu.KERNELS), reps,
+                                       min_time=0.2))
+            other_t.append(median_time(lambda: direct(other), reps, min_time=0.2))
+        res.update(kernels_current_s=float(np.median(current)),
+                   kernels_other_s=float(np.median(other_t)))
     return res
 
 
@@ -116,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--shape", type=int, nargs=2, default=(1024, 4096))
     ap.add_argument("--reps", type=int, default=21, help="timed runs per process (median)")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--malloc-heap", action="store_true",
+                    help="workers keep large blocks on glibc's heap (no fresh pages per call)")
     ap.add_argument("--also", help="another batchnorm_cpu.py to time beside the current one")
     ap.add_argument("--out", default=None, help="folder for bn_rounds-<N>x<D>.json")
     ap.add_argument("--worker", choices=("accel", "torch"), help=argparse.SUPPRESS)
@@ -128,13 +139,16 @@ def main(argv=None):
         return
     kinds = ["accel"] if args.no_torch else ["accel", "torch"]
     rounds = {k: [] for k in kinds}
+    env = dict(os.environ)
+    if args.malloc_heap:
+        env.update(MALLOC_MMAP_THRESHOLD_=str(2**30), MALLOC_TRIM_THRESHOLD_=str(2**32))
     load_before = os.getloadavg()[0]
     for r in range(args.rounds):
         for kind in kinds:
             extra = ["--also", args.also] if args.also and kind == "accel" else []
             proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--shape",
                                    str(n), str(d), "--reps", str(args.reps), *extra],
-                                  capture_output=True, text=True, check=True)
+                                  capture_output=True, text=True, check=True, env=env)
             rounds[kind].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         line = ", ".join(f"{k} {v[-1].get('fused_s', v[-1].get('torch_s')) * 1e3:.2f} ms"
                          for k, v in rounds.items())
@@ -146,9 +160,9 @@ def main(argv=None):
                    fused_over_roofline=spread([a["fused_s"] / a["roofline_s"] for a in acc]),
                    reference_over_fused=spread([a["reference_s"] / a["fused_s"] for a in acc]))
     if args.also:
-        summary["kernels_now"] = spread([a["kernels_now_s"] for a in acc])
-        summary["kernels_before"] = spread([a["kernels_before_s"] for a in acc])
-        summary["before_over_now"] = spread([a["kernels_before_s"] / a["kernels_now_s"]
+        summary["kernels_current"] = spread([a["kernels_current_s"] for a in acc])
+        summary["kernels_other"] = spread([a["kernels_other_s"] for a in acc])
+        summary["other_over_current"] = spread([a["kernels_other_s"] / a["kernels_current_s"]
                                              for a in acc])
     if "torch" in rounds:
         summary["torch"] = spread([t["torch_s"] for t in rounds["torch"]])
@@ -161,18 +175,18 @@ def main(argv=None):
     print(f"  fused/roofline {fmt(summary['fused_over_roofline'], 1, '×')}")
     print(f"  reference/fused {fmt(summary['reference_over_fused'], 1, '×')}")
     if args.also:
-        print(f"  kernels now    {fmt(summary['kernels_now'])}   (called directly)")
-        print(f"  before ({args.also}) {fmt(summary['kernels_before'])}")
-        print(f"  before/now     {fmt(summary['before_over_now'], 1, '×')}")
+        print(f"  kernels, called directly: current {fmt(summary['kernels_current'])}, "
+              f"{args.also} {fmt(summary['kernels_other'])}, other/current "
+              f"{fmt(summary['other_over_current'], 1, '×')}")
     if "torch" in summary:
         print(f"  torch          {fmt(summary['torch'])}   torch {rounds['torch'][0]['torch']}")
         print(f"  fused/torch    {fmt(summary['fused_over_torch'], 1, '×')}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"bn_rounds-{n}x{d}.json"
+        path = out / f"bn_rounds-{n}x{d}{'-malloc-heap' if args.malloc_heap else ''}.json"
         meta = dict(shape=[n, d], dtype="float32", rounds=args.rounds, reps=args.reps,
-                    also=args.also,
+                    also=args.also, malloc_heap=args.malloc_heap,
                     cpus=os.cpu_count(), platform=platform.platform(),
                     date=time.strftime("%Y-%m-%d %H:%M:%S"), load_before=load_before,
                     load_after=os.getloadavg()[0])
