@@ -81,11 +81,14 @@ def _like_first(arrays):
 
 def _matrix_and_vectors(*kinds):
     """Shapes for an (N, D) op: "x" arguments are (N, D), "d" arguments (D,), "n" (N,)."""
+    first_x = kinds.index("x")
+
     def shapes(arrays):
-        x = arrays[kinds.index("x")]
-        if x.ndim != 2:
-            raise ValueError(f"this op takes a matrix of shape (N, D), got shape {x.shape}")
-        return [{"x": x.shape, "d": x.shape[1:], "n": x.shape[:1]}[k] for k in kinds]
+        shape = arrays[first_x].shape
+        if len(shape) != 2:
+            raise ValueError(f"this op takes a matrix of shape (N, D), got shape {shape}")
+        by_kind = {"x": shape, "d": shape[1:], "n": shape[:1]}
+        return [by_kind[k] for k in kinds]
     return shapes
 
 
@@ -228,6 +231,15 @@ def _kernel(op: Op, target: str, size: int):
     return table.get(op.kernel)
 
 
+def route(reference, *arrays) -> str | None:
+    """The path ``call(reference, *arrays)`` takes: "cpu", "cuda", or None (the reference)."""
+    op = OPS[reference]
+    target = _target(arrays[0])
+    if target is None or not op.takes(arrays) or _kernel(op, target, arrays[0].size) is None:
+        return None
+    return target
+
+
 def launch_cuda(kernel, launch, *args) -> bool:
     """Launch a CUDA kernel with ``launch`` = (blocks, threads) on CuPy's current stream.
 
@@ -277,9 +289,10 @@ _NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
 
 def _prepare(op: Op, names, arrays):
     """Check every array argument; returns (arrays for the kernel, [(copy, original)])."""
-    for i, (name, a) in enumerate(zip(names, arrays)):
+    for i, a in enumerate(arrays):
         kind = getattr(getattr(a, "dtype", None), "kind", None)
         if kind != "f" and not (i in op.labels and kind in ("i", "u")):
+            name = names[i]
             raise TypeError(f"{name} must be a float array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
     dtype = arrays[0].dtype
@@ -288,6 +301,9 @@ def _prepare(op: Op, names, arrays):
     for i, (name, a, shape) in enumerate(zip(names, arrays, shapes)):
         if a.shape != shape:
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+        if a.flags.c_contiguous and (a.dtype == dtype or (i in op.labels and a.dtype == np.int64)):
+            out.append(a)  # the common case: nothing to convert (NumPy or CuPy alike)
+            continue
         xp = array_module(a)
         if i in op.reads:
             kind = np.int64 if a.dtype.kind in "iu" else dtype  # class ids stay integers

@@ -9,6 +9,8 @@ Rows (numpy backend, float32 unless said):
   the compulsory bytes (read x, write out; read x, dy, write dx), torch's CPU batch_norm;
 - the whole training step of the 784-100x4-10 MLP (batch 128, Adam, float32): accel fused,
   accel reference, the same model in torch;
+- array operations per training step of that MLP, with and without BatchNorm, per layer type,
+  fused and reference (``accel.opcount``: on a GPU each is a kernel launch);
 - first-call compile time of the kernels, with a cold and a warm on-disk cache (fresh
   processes);
 - GPU rows when CuPy sees a GPU (skipped with the reason otherwise).
@@ -190,6 +192,35 @@ def bench_mlp(quick, torch_rows, profile=False):
     if profile:
         row["profile"] = profile_mlp(net, opt, x, t)
     return [row]
+
+
+def count_ops():
+    """Array operations (GPU kernel launches) per training step of the MLP row, with and
+    without BatchNorm, on each path: {"total", "by_scope", "ops"} per configuration."""
+    from accel import MultiLayerNet, dispatch, opcount, optim
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((MLP["batch"], MLP["input_size"]), dtype=np.float32)
+    t = rng.integers(0, MLP["output_size"], MLP["batch"])
+    out = {}
+    for batchnorm in (False, True):
+        for path in ("fused", "reference"):
+            net = MultiLayerNet(MLP["input_size"], MLP["hidden"], MLP["output_size"],
+                                batchnorm=batchnorm, backend=opcount.backend(), seed=0)
+            opt = optim.Adam(lr=1e-3)
+            with dispatch.use(path):  # the second step: the first also allocates Adam's m, v
+                count = [opcount.training_step(net, opt, x, t) for _ in range(2)][-1]
+            out[f"{'bn' if batchnorm else 'plain'}_{path}"] = dict(
+                total=count.total, by_scope=dict(count.by_scope), ops=dict(count.ops))
+    return out
+
+
+def print_ops(ops):
+    print("array operations per training step (784-100x4-10, Adam, batch 128; "
+          "each a kernel launch on a GPU):")
+    for key, c in ops.items():
+        parts = ", ".join(f"{k} {v}" for k, v in c["by_scope"].items())
+        print(f"  {key:<16}{c['total']:4d}   ({parts})")
 
 
 def profile_mlp(net, opt, x, t, reps=200):
@@ -466,6 +497,7 @@ def main(argv=None):
     if gpu_why:
         print(gpu_why)
     rows += gpu_rows + compile_rows
+    ops = count_ops()
 
     from accel import dispatch
 
@@ -474,6 +506,7 @@ def main(argv=None):
     print(f"CPU kernels: parallel from {dispatch.PARALLEL_MIN} elements, serial below; "
           "the roofline kernel is always parallel")
     print_table(rows)
+    print_ops(ops)
     if "profile" in rows[-len(compile_rows) - len(gpu_rows) - 1]:
         print("MLP step profile (ms):")
         for k, v in rows[-len(compile_rows) - len(gpu_rows) - 1]["profile"].items():
@@ -491,7 +524,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench_kernels-{args.name}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    path.write_text(json.dumps(dict(meta=meta, rows=rows, ops_per_step=ops), indent=1))
     print(f"wrote {path}")
 
 
