@@ -246,13 +246,13 @@ def compile_all(ccs=CCS, dtypes=DTYPES, ptxas: str | None = "auto") -> dict:
     if ptxas == "auto":
         ptxas = shutil.which("ptxas")
     problem = nvvm_problem()
-    from numba.cuda.cudadrv import nvvm
-
     info = {"nvvm_problem": problem, "ptxas": ptxas,
             "ptxas_version": ptxas_version(ptxas) if ptxas else None,
             "nvjitlink_version": nvjitlink_version(), "rows": []}
     if problem is None:
         try:
+            from numba.cuda.cudadrv import nvvm
+
             info["nvvm_version"] = ".".join(map(str, nvvm.NVVM().get_version()))
         except Exception as exc:  # noqa: BLE001
             info["nvvm_version"] = f"unknown ({type(exc).__name__}: {exc})"
