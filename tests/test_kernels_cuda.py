@@ -4,7 +4,9 @@ is imported, and must not leak into the other tests). Small sizes: the simulator
 GPU thread as a Python thread.
 
 Run directly (``NUMBA_ENABLE_CUDASIM=1 python tests/test_kernels_cuda.py``) it performs the
-checks and prints one line per kernel; pytest runs it that way.
+checks and prints one line per kernel; pytest runs it that way. On a GPU,
+``ACCEL_CUDA_DEVICE=1 python tests/test_kernels_cuda.py`` runs the same checks on the device
+(``benchmarks/gpu_check.py`` does).
 """
 
 import os
@@ -83,7 +85,8 @@ def _check_optimizers(dispatch, functional):
 def _check_batchnorm(dispatch, functional):
     rng = np.random.default_rng(1)
     for dtype, tol in ((np.float32, 2e-5), (np.float64, 1e-11)):
-        for n, d in ((1, 1), (2, 3), (9, 37)):
+        # N = 1..3, D = 1, and N, D not multiples of the (patched) 8-column x 4-lane tile
+        for n, d in ((1, 1), (2, 3), (3, 1), (9, 37), (13, 8)):
             x = (rng.standard_normal((n, d)) * 3 + 5).astype(dtype)
             gamma, beta = rng.standard_normal(d).astype(dtype), rng.standard_normal(d).astype(dtype)
             rm, rv = rng.standard_normal(d).astype(dtype), (rng.random(d) + 0.5).astype(dtype)
@@ -139,14 +142,17 @@ def _check_layers(dispatch, functional):
 
 
 def main():
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-        sys.exit("run with NUMBA_ENABLE_CUDASIM=1")
-    from accel.kernels import cuda_jit
+    simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    if not simulator and os.environ.get("ACCEL_CUDA_DEVICE") != "1":
+        sys.exit("run with NUMBA_ENABLE_CUDASIM=1 (or ACCEL_CUDA_DEVICE=1 on a GPU)")
+    from accel.kernels import batchnorm_cuda, cuda_jit
 
     from accel import dispatch, functional
 
     cuda_jit.THREADS_PER_BLOCK = 8  # several blocks and a grid-stride wrap at these sizes
     cuda_jit.MAX_BLOCKS = 2
+    if simulator:  # the simulator reads these at run time; a real compile has 32 x 16
+        batchnorm_cuda.COLS, batchnorm_cuda.ROWS = 8, 4
     _check_optimizers(dispatch, functional)
     _check_batchnorm(dispatch, functional)
     _check_layers(dispatch, functional)

@@ -1,0 +1,198 @@
+"""Batch-norm training forward + backward on the CPU: accel against torch, in rounds.
+
+Each round runs two fresh processes, one after the other: accel (the fused kernel through
+accel.dispatch, the xp reference, and the roofline kernel of bench_kernels, which moves the
+compulsory bytes: read x, write out; read x, dy, write dx) and torch (native_batch_norm and
+its backward, as bench_kernels times it). Alternating processes give both the same share of a
+noisy machine; the medians and the spread (min–max) over rounds are printed, and of the
+accel/torch ratio per round.
+
+    python benchmarks/bn_rounds.py [--rounds 7] [--shape 1024 4096] [--out DIR]
+        [--also FILE] [--malloc-heap]
+
+``--also FILE`` times, in the accel process too, the kernels of another version of
+kernels/batchnorm_cpu.py (e.g. ``git show main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``),
+called directly (outputs allocated once), alternating with the current ones called the same
+way. "fused" goes through accel.dispatch, which allocates the outputs on every call.
+
+``--malloc-heap`` runs both workers with glibc told to keep large blocks on its heap
+(MALLOC_MMAP_THRESHOLD_=1 GiB, MALLOC_TRIM_THRESHOLD_=4 GiB): by default glibc maps each
+16 MB output afresh and the kernel zeroes its pages on first touch (~1 300 page faults per
+fwd+bwd here), which costs more than the batch-norm kernels themselves on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_kernels import median_time, roofline_kernels  # noqa: E402
+
+
+def load_kernels(path):
+    """KERNELS of a batchnorm_cpu.py at ``path``, imported as a module of accel.kernels."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accel.kernels.bn_other", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # Numba's on-disk cache finds the module by name
+    spec.loader.exec_module(mod)
+    return mod.KERNELS
+
+
+def accel_worker(n, d, reps, also=None):
+    from accel.kernels import batchnorm_cpu
+
+    from accel import dispatch, functional
+
+    _, bn_bytes = roofline_kernels()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    dy = rng.standard_normal((n, d), dtype=np.float32)
+    gamma, beta = np.ones(d, np.float32), np.zeros(d, np.float32)
+    rm, rv = np.zeros(d, np.float32), np.ones(d, np.float32)
+
+    def fwd_bwd(mod):
+        out, mean, invstd = mod.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
+        return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd)
+
+    fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.3)
+    out, dx = np.empty_like(x), np.empty_like(x)
+    roof = median_time(lambda: bn_bytes(x, dy, out, dx), reps, min_time=0.3)
+    ref = median_time(lambda: fwd_bwd(functional), max(3, reps // 3))
+    import numba
+
+    res = dict(fused_s=fused, roofline_s=roof, reference_s=ref,
+               path=dispatch.last_path("batchnorm_backward"), threads=numba.get_num_threads())
+    if also:
+        mean, invstd, dg, db = (np.empty(d, np.float32) for _ in range(4))
+
+        def direct(k):
+            k["batchnorm_forward_train"](x, gamma, beta, rm, rv, 0.9, 1e-5, out, mean, invstd)
+            k["batchnorm_backward"](dy, x, gamma, mean, invstd, dx, dg, db)
+
+        other = load_kernels(also)
+        current, other_t = [], []
+        for _ in range(3):  # alternating, in this process
+            current.append(median_time(lambda: direct(batchnorm_cpu.KERNELS), reps,
+                                       min_time=0.2))
+            other_t.append(median_time(lambda: direct(other), reps, min_time=0.2))
+        res.update(kernels_current_s=float(np.median(current)),
+                   kernels_other_s=float(np.median(other_t)))
+    return res
+
+
+def torch_worker(n, d, reps):
+    import torch
+
+    torch.manual_seed(0)
+    x, dy = torch.randn(n, d), torch.randn(n, d)
+    g, b = torch.ones(d), torch.zeros(d)
+    rm, rv = torch.zeros(d), torch.ones(d)
+
+    def fwd_bwd():
+        out, mean, invstd = torch.native_batch_norm(x, g, b, rm, rv, True, 0.1, 1e-5)
+        return torch.ops.aten.native_batch_norm_backward(
+            dy, x, g, rm, rv, mean, invstd, True, 1e-5, [True, True, True])
+
+    with torch.no_grad():
+        t = median_time(fwd_bwd, reps, min_time=0.3)
+    return dict(torch_s=t, torch=torch.__version__, threads=torch.get_num_threads())
+
+
+def spread(values):
+    v = np.asarray(values, float)
+    return dict(median=float(np.median(v)), min=float(v.min()), max=float(v.max()))
+
+
+def fmt(s, scale=1e3, unit=" ms"):
+    return f"{s['median'] * scale:.2f}{unit} ({s['min'] * scale:.2f}–{s['max'] * scale:.2f})"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--shape", type=int, nargs=2, default=(1024, 4096))
+    ap.add_argument("--reps", type=int, default=21, help="timed runs per process (median)")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--malloc-heap", action="store_true",
+                    help="workers keep large blocks on glibc's heap (no fresh pages per call)")
+    ap.add_argument("--also", help="another batchnorm_cpu.py to time beside the current one")
+    ap.add_argument("--out", default=None, help="folder for bn_rounds-<N>x<D>.json")
+    ap.add_argument("--worker", choices=("accel", "torch"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    n, d = args.shape
+    if args.worker:
+        res = (accel_worker(n, d, args.reps, args.also) if args.worker == "accel"
+               else torch_worker(n, d, args.reps))
+        print(json.dumps(res))
+        return
+    kinds = ["accel"] if args.no_torch else ["accel", "torch"]
+    rounds = {k: [] for k in kinds}
+    env = dict(os.environ)
+    if args.malloc_heap:
+        env.update(MALLOC_MMAP_THRESHOLD_=str(2**30), MALLOC_TRIM_THRESHOLD_=str(2**32))
+    load_before = os.getloadavg()[0]
+    for r in range(args.rounds):
+        for kind in kinds:
+            extra = ["--also", args.also] if args.also and kind == "accel" else []
+            proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--shape",
+                                   str(n), str(d), "--reps", str(args.reps), *extra],
+                                  capture_output=True, text=True, check=True, env=env)
+            rounds[kind].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        line = ", ".join(f"{k} {v[-1].get('fused_s', v[-1].get('torch_s')) * 1e3:.2f} ms"
+                         for k, v in rounds.items())
+        print(f"round {r + 1}: {line}", flush=True)
+    acc = rounds["accel"]
+    summary = dict(fused=spread([a["fused_s"] for a in acc]),
+                   roofline=spread([a["roofline_s"] for a in acc]),
+                   reference=spread([a["reference_s"] for a in acc]),
+                   fused_over_roofline=spread([a["fused_s"] / a["roofline_s"] for a in acc]),
+                   reference_over_fused=spread([a["reference_s"] / a["fused_s"] for a in acc]))
+    if args.also:
+        summary["kernels_current"] = spread([a["kernels_current_s"] for a in acc])
+        summary["kernels_other"] = spread([a["kernels_other_s"] for a in acc])
+        summary["other_over_current"] = spread([a["kernels_other_s"] / a["kernels_current_s"]
+                                             for a in acc])
+    if "torch" in rounds:
+        summary["torch"] = spread([t["torch_s"] for t in rounds["torch"]])
+        summary["fused_over_torch"] = spread([a["fused_s"] / t["torch_s"]
+                                              for a, t in zip(acc, rounds["torch"])])
+    print(f"batch norm fwd+bwd {n}x{d} float32, {args.rounds} rounds, median (min–max):")
+    print(f"  accel fused    {fmt(summary['fused'])}   path {acc[0]['path']}")
+    print(f"  roofline       {fmt(summary['roofline'])}")
+    print(f"  reference      {fmt(summary['reference'])}")
+    print(f"  fused/roofline {fmt(summary['fused_over_roofline'], 1, '×')}")
+    print(f"  reference/fused {fmt(summary['reference_over_fused'], 1, '×')}")
+    if args.also:
+        print(f"  kernels, called directly: current {fmt(summary['kernels_current'])}, "
+              f"{args.also} {fmt(summary['kernels_other'])}, other/current "
+              f"{fmt(summary['other_over_current'], 1, '×')}")
+    if "torch" in summary:
+        print(f"  torch          {fmt(summary['torch'])}   torch {rounds['torch'][0]['torch']}")
+        print(f"  fused/torch    {fmt(summary['fused_over_torch'], 1, '×')}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"bn_rounds-{n}x{d}{'-malloc-heap' if args.malloc_heap else ''}.json"
+        meta = dict(shape=[n, d], dtype="float32", rounds=args.rounds, reps=args.reps,
+                    also=args.also, malloc_heap=args.malloc_heap,
+                    cpus=os.cpu_count(), platform=platform.platform(),
+                    date=time.strftime("%Y-%m-%d %H:%M:%S"), load_before=load_before,
+                    load_after=os.getloadavg()[0])
+        path.write_text(json.dumps(dict(meta=meta, summary=summary, rounds=rounds), indent=1))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
