@@ -13,12 +13,14 @@ accel/torch ratio per round.
 ``--also FILE`` times, in the accel process too, the kernels of another version of
 kernels/batchnorm_cpu.py (e.g. ``git show main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``),
 called directly (outputs allocated once), alternating with the current ones called the same
-way. "fused" goes through accel.dispatch, which allocates the outputs on every call.
+way. "fused" goes through accel.dispatch, which hands an op's outputs out again once
+nothing holds them (so a steady loop maps no new pages).
 
 ``--malloc-heap`` runs both workers with glibc told to keep large blocks on its heap
 (MALLOC_MMAP_THRESHOLD_=1 GiB, MALLOC_TRIM_THRESHOLD_=4 GiB): by default glibc maps each
-16 MB output afresh and the kernel zeroes its pages on first touch (~1 300 page faults per
-fwd+bwd here), which costs more than the batch-norm kernels themselves on this machine.
+fresh 16 MB array anew and the kernel zeroes its pages on first touch (~1 300 page faults
+per fwd+bwd here), which costs more than the batch-norm kernels themselves on this machine.
+torch allocates its outputs afresh on every call, and so does the xp reference.
 """
 
 from __future__ import annotations

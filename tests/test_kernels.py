@@ -395,3 +395,24 @@ def test_fused_network_step_matches_the_reference_path():
             loss_r, grads_r = net.loss_and_grads(x, t)
         assert abs(float(loss) - float(loss_r)) < 1e-13
         assert_close(g, grads_r.flat, rtol=1e-12, atol=1e-15)
+
+
+def test_kernel_outputs_are_reused_only_when_nothing_holds_them():
+    rng = np.random.default_rng(9)
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, 64, 16, np.float32)
+    first = dispatch.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5)
+    kept = first.copy()
+    second = dispatch.batchnorm_forward_eval(x * 2, gamma, beta, rm, rv, 1e-5)
+    assert second is not first  # the caller still holds the first: a new array
+    np.testing.assert_array_equal(first, kept)  # and the first was not written over
+    view = second[:3]
+    del first, second
+    third = dispatch.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5)
+    assert not np.shares_memory(third, view)  # a view keeps its array from being reused
+    address = third.__array_interface__["data"][0]
+    del third, view
+    fourth = dispatch.batchnorm_forward_eval(x, gamma, beta, rm, rv, 1e-5)
+    assert fourth.__array_interface__["data"][0] == address  # nothing held it: reused
+    assert_close(fourth, kept, rtol=0, atol=0)
+    other = dispatch.batchnorm_forward_eval(x[:10], gamma, beta, rm, rv, 1e-5)
+    assert other.shape == (10, 16)  # another shape: another array
