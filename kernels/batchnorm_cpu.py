@@ -1,6 +1,6 @@
 """Batch norm over (N, D) on the CPU: training forward, eval forward, backward.
 
-Each kernel takes the arguments of its ``xp`` reference in ``accel.layers`` followed by its
+Each kernel takes the arguments of its ``xp`` reference in ``accel.functional`` followed by its
 output arrays (allocated by ``accel.dispatch``), and computes what its CUDA twin in
 ``batchnorm_cuda`` does with the same arithmetic lines; the loops differ, each walking memory
 the way its device likes it. Here each parallel iteration streams a contiguous chunk of rows
