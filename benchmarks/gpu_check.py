@@ -224,11 +224,11 @@ MLP_SIZES = (784, 100, 100, 100, 100, 10)
 
 
 def bench_mlp(quick):
-    """The 784-100x4-10 MLP training step (batch 128, Adam, float32) on CuPy; torch CUDA in
-    its own process when it sees the GPU."""
+    """The 784-100x4-10 MLP training step (batch 128, Adam, float32) on CuPy, fused and
+    reference path; torch CUDA in its own process when it sees the GPU."""
     import cupy as cp
 
-    from accel import MultiLayerNet, optim
+    from accel import MultiLayerNet, dispatch, optim
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((128, MLP_SIZES[0]), dtype=np.float32)
@@ -241,8 +241,12 @@ def bench_mlp(quick):
     def step():
         opt.update(net.params, net.loss_and_grads(x, t)[1])
 
+    sync, reps = cp.cuda.Device().synchronize, 30 if quick else 200
     row = dict(op="mlp_step", shape=list(MLP_SIZES), batch=128, dtype="float32",
-               fused_s=_wall_median(step, cp.cuda.Device().synchronize, 30 if quick else 200))
+               fused_s=_wall_median(step, sync, reps))
+    with dispatch.use("reference"):  # every op a CuPy launch: do the fused kernels pay here?
+        row["reference_s"] = _wall_median(step, sync, reps)
+    row["fused_over_reference"] = row["fused_s"] / row["reference_s"]
     proc = subprocess.run([sys.executable, __file__, "--torch-mlp-worker",
                            "1" if quick else "0"], capture_output=True, text=True)
     if proc.returncode == 0:
