@@ -122,9 +122,17 @@ def suggest(trial, space: dict) -> dict:
 # -- samplers: one seeded stream per trial number
 
 
-def _trial_seed(seed: int, number: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{number}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little")
+def trial_seed(seed, number: int, purpose: str = "sampler"):
+    """A seed of trial ``number``'s own, for ``purpose`` ("sampler": its draw; anything else,
+    e.g. "training": the network's weights and the batches), derived from the search's
+    ``seed`` (None gives None). Every worker derives the same one for the same trial, and no
+    two trials share one: as in the book, each trial's network starts from its own random
+    weights (identical starts would also tie the hopeless trials' accuracies, and a median
+    pruner prunes only below the median)."""
+    if seed is None:
+        return None
+    key = f"{seed}/{number}" if purpose == "sampler" else f"{seed}/{number}/{purpose}"
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little")
 
 
 class _PerTrialSeed(optuna.samplers.BaseSampler):
@@ -137,7 +145,7 @@ class _PerTrialSeed(optuna.samplers.BaseSampler):
     def _for(self, trial):
         s = self._by_trial.get(trial.number)
         if s is None:
-            s = self._by_trial[trial.number] = self._make(_trial_seed(self._seed, trial.number))
+            s = self._by_trial[trial.number] = self._make(trial_seed(self._seed, trial.number))
         return s
 
     def infer_relative_search_space(self, study, trial):

@@ -234,7 +234,7 @@ def profile_mlp(net, opt, x, t, reps=200):
     parts["backward(all layers)"] = median_time(lambda: _backward(net), reps)
     parts["adam update (1 fused call)"] = median_time(lambda: opt.update(net.params, grads),
                                                       reps)
-    for i, layer in enumerate(net.layers):
+    for i, layer in enumerate(net.passes):  # as the network runs them (Affine+ReLU fused)
         name = f"{i}:{type(layer).__name__}"
         xin = _layer_input(net, i, x)
         parts[f"fwd {name}"] = median_time(lambda layer=layer, xin=xin: layer.forward(xin, True),
@@ -245,12 +245,12 @@ def profile_mlp(net, opt, x, t, reps=200):
 
 def _backward(net):
     dout = net.last_layer.backward(1.0)
-    for layer in reversed(net.layers):
+    for layer in reversed(net.passes):
         dout = layer.backward(dout)
 
 
 def _layer_input(net, i, x):
-    for layer in net.layers[:i]:
+    for layer in net.passes[:i]:
         x = layer.forward(x, True)
     return x
 

@@ -62,14 +62,15 @@ class Objective:
 
         (x, t), (xv, tv) = self.data
         k = int(max(t.max(), tv.max())) + 1
+        seed = search.trial_seed(self.seed, trial.number, "training")  # weights, batches
         net = accel.MultiLayerNet(x.shape[1], self.hidden, k, backend=self.backend,
-                                  weight_decay=params["weight_decay"], seed=self.seed)
+                                  weight_decay=params["weight_decay"], seed=seed)
         # report each epoch's validation accuracy only when a pruner reads it (the book's
         # experiment runs without: one database write per trial, not per epoch)
         hook = search.pruning_hook(trial) if self.prune else None
         t0 = time.perf_counter()
         h = accel.Trainer(net, optim.SGD(params["lr"]), x, t, validation_data=(xv, tv),
-                          epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
+                          epochs=self.epochs, batch_size=self.batch_size, seed=seed,
                           verbose=False, on_nonfinite=None, on_evaluate=hook).fit()
         print(f"  trial {trial.number:3d}  val acc {h.val_acc[-1]:.3f}  lr "
               f"{params['lr']:.3g}  decay {params['weight_decay']:.3g}  "

@@ -297,3 +297,12 @@ def test_search_settings_are_checked_before_any_trial_runs():
     with pytest.raises(ValueError, match="workers"):
         search.run_study(objective, search.BOOK_SPACE, 2, workers=0)
     assert ran == []
+
+
+def test_each_trial_trains_from_its_own_seed():
+    seeds = [search.trial_seed(0, n, "training") for n in range(200)]
+    assert len(set(seeds)) == 200  # no two trials start from the same weights
+    assert seeds[7] == search.trial_seed(0, 7, "training")  # any worker derives the same
+    assert search.trial_seed(0, 7, "sampler") != seeds[7]  # the draw has a stream of its own
+    assert search.trial_seed(1, 7, "training") != seeds[7]
+    assert search.trial_seed(None, 7, "training") is None
