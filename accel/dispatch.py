@@ -123,8 +123,8 @@ OPS: dict[Callable, Op] = {
         shapes=_matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x")),
     F.batchnorm_backward: Op(
         "batchnorm", "batchnorm_backward", reads=(0, 1, 2, 3, 4),
-        shapes=_matrix_and_vectors("x", "x", "d", "d", "d"),
-        outputs=_outputs("x", "d", "d")),
+        shapes=_matrix_and_vectors("x", "x", "d", "d", "d", "d", "d"),
+        outputs=_outputs("x")),
     F.bias_activation: Op(
         "layers", "bias_activation", reads=(1,), shapes=_matrix_and_vectors("x", "d")),
     F.activation_backward_bias: Op(
@@ -399,9 +399,9 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
                 scalars=(eps,))
 
 
-def batchnorm_backward(dy, x, gamma, mean, invstd):
-    """As ``functional.batchnorm_backward``: (dx, dgamma, dbeta)."""
-    return call(F.batchnorm_backward, dy, x, gamma, mean, invstd)
+def batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta):
+    """As ``functional.batchnorm_backward``: returns dx; dgamma, dbeta in place."""
+    return call(F.batchnorm_backward, dy, x, gamma, mean, invstd, dgamma, dbeta)
 
 
 def bias_activation(y, b, act):

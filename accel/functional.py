@@ -118,17 +118,17 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
     return (x - running_mean) * scale + beta
 
 
-def batchnorm_backward(dy, x, gamma, mean, invstd):
-    """Gradients of batch norm: returns (dx, dgamma, dbeta).
+def batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta):
+    """Gradients of batch norm: returns dx; dgamma and dbeta are written in place (a
+    network's are views into its flat gradient buffer).
 
     x̂ = (x − mean)·invstd; dβ = Σdy; dγ = Σdy·x̂; dx = γ·invstd/N·(N·dy − Σdy − x̂·Σ(dy·x̂)).
     """
     n = x.shape[0]
     xhat = (x - mean) * invstd
-    dbeta = dy.sum(axis=0)
-    dgamma = (dy * xhat).sum(axis=0)
-    dx = (gamma * invstd / n) * (n * dy - dbeta - xhat * dgamma)
-    return dx, dgamma, dbeta
+    dy.sum(axis=0, out=dbeta)
+    (dy * xhat).sum(axis=0, out=dgamma)
+    return (gamma * invstd / n) * (n * dy - dbeta - xhat * dgamma)
 
 
 # -- layers: bias + activation, its backward, softmax + cross-entropy + gradient

@@ -231,10 +231,8 @@ class BatchNorm:
 
     def backward(self, dout):
         dy = dout.reshape(dout.shape[0], -1)
-        dx, dgamma, dbeta = dispatch.batchnorm_backward(dy, self.x, self.gamma, self.mean,
-                                                        self.invstd)
-        self.dgamma[...] = dgamma
-        self.dbeta[...] = dbeta
+        dx = dispatch.batchnorm_backward(dy, self.x, self.gamma, self.mean, self.invstd,
+                                         self.dgamma, self.dbeta)  # in place: the grad buffer
         return dx.reshape(self.x_shape)
 
 

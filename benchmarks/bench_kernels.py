@@ -141,10 +141,11 @@ def bench_bn(shapes, quick, torch_rows):
         dy = rng.standard_normal((n, d), dtype=np.float32)
         gamma, beta = np.ones(d, np.float32), np.zeros(d, np.float32)
         rm, rv = np.zeros(d, np.float32), np.ones(d, np.float32)
+        dgamma, dbeta = np.empty(d, np.float32), np.empty(d, np.float32)
 
         def fwd_bwd(mod):
             out, mean, invstd = mod.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
-            return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd)
+            return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta)
 
         reps = _reps(n * d, quick)
         ref = median_time(lambda: fwd_bwd(functional), max(3, reps // 3))
@@ -271,7 +272,7 @@ t_adam = time.perf_counter() - t0
 x = np.ones((8, 4), np.float32); ga = np.ones(4, np.float32); be = np.zeros(4, np.float32)
 t0 = time.perf_counter()
 out, mean, invstd = dispatch.batchnorm_forward_train(x, ga, be, be.copy(), ga.copy(), 0.9, 1e-5)
-dispatch.batchnorm_backward(x, x, ga, mean, invstd)
+dispatch.batchnorm_backward(x, x, ga, mean, invstd, be.copy(), be.copy())
 t_bn = time.perf_counter() - t0
 print(t_import, t_adam, t_bn)
 """

@@ -11,8 +11,8 @@ accel/torch ratio per round.
         [--also FILE] [--malloc-heap]
 
 ``--also FILE`` times, in the accel process too, the kernels of another version of
-kernels/batchnorm_cpu.py (e.g. ``git show main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``),
-called directly (outputs allocated once), alternating with the current ones called the same
+kernels/batchnorm_cpu.py with the current argument order (e.g. ``git show
+main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``), called directly (outputs allocated once), alternating with the current ones called the same
 way. "fused" goes through accel.dispatch, which hands an op's outputs out again once
 nothing holds them (so a steady loop maps no new pages).
 
@@ -63,10 +63,11 @@ def accel_worker(n, d, reps, also=None):
     dy = rng.standard_normal((n, d), dtype=np.float32)
     gamma, beta = np.ones(d, np.float32), np.zeros(d, np.float32)
     rm, rv = np.zeros(d, np.float32), np.ones(d, np.float32)
+    dg, db = np.empty(d, np.float32), np.empty(d, np.float32)
 
     def fwd_bwd(mod):
         out, mean, invstd = mod.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
-        return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd)
+        return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd, dg, db)
 
     fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.3)
     out, dx = np.empty_like(x), np.empty_like(x)
@@ -77,11 +78,11 @@ def accel_worker(n, d, reps, also=None):
     res = dict(fused_s=fused, roofline_s=roof, reference_s=ref,
                path=dispatch.last_path("batchnorm_backward"), threads=numba.get_num_threads())
     if also:
-        mean, invstd, dg, db = (np.empty(d, np.float32) for _ in range(4))
+        mean, invstd = (np.empty(d, np.float32) for _ in range(2))
 
         def direct(k):
             k["batchnorm_forward_train"](x, gamma, beta, rm, rv, 0.9, 1e-5, out, mean, invstd)
-            k["batchnorm_backward"](dy, x, gamma, mean, invstd, dx, dg, db)
+            k["batchnorm_backward"](dy, x, gamma, mean, invstd, dg, db, dx)
 
         other = load_kernels(also)
         current, other_t = [], []

@@ -201,10 +201,11 @@ def bench_device(quick):
         dy = cp.random.standard_normal((n, d), dtype=cp.float32)
         gamma, beta = cp.ones(d, cp.float32), cp.zeros(d, cp.float32)
         rm, rv = cp.zeros(d, cp.float32), cp.ones(d, cp.float32)
+        dg, db = cp.empty(d, cp.float32), cp.empty(d, cp.float32)
 
         def fwd_bwd(mod):
             out, mean, invstd = mod.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
-            return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd)
+            return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd, dg, db)
 
         fused = gpu_time(fwd_bwd, (dispatch,))
         path = dispatch.last_path("batchnorm_backward")

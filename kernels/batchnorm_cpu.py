@@ -89,7 +89,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out):
 
 
 @jit
-def batchnorm_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
+def batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta, dx):
     n, d = x.shape
     f = x.dtype.type
     nc = _chunks(n)

@@ -97,7 +97,7 @@ def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out):
 
 
 @jit
-def batchnorm_backward(dy, x, gamma, mean, invstd, dx, dgamma, dbeta):
+def batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta, dx):
     n, d = x.shape
     f = x.dtype.type
     s = cuda.shared.array((ROWS, COLS), float64)  # per lane: Σdy, Σdy·x̂ of column j

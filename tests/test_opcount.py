@@ -95,6 +95,8 @@ def test_batchnorm_step_counts_each_layer_type():
     count = opcount.training_step(net, opt, x, t)
     assert count.ops["kernel batchnorm_forward_train"] == 4
     assert count.ops["kernel batchnorm_backward"] == 4
+    # each BatchNorm: its two kernels, which write dγ, dβ straight into the gradient buffer
+    assert count.by_scope["BatchNorm"] == 2 * 4 and "setitem" not in count.ops
     assert set(count.by_scope) == {"Affine", "BatchNorm", "ReLU", "SoftmaxWithLoss",
                                    "optimizer"}
 
