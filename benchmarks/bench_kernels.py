@@ -130,6 +130,29 @@ def _with_torch(row, torch_s, key):
     return row
 
 
+def bn_case(xp, n, d, rng):
+    """A batch-norm training step at (n, d) float32 on ``xp`` arrays: ``case.fwd_bwd(mod)``
+    runs the forward and the backward through ``mod`` (accel.dispatch or accel.functional);
+    the arrays are its attributes (x, dy, gamma, beta, rm, rv, dgamma, dbeta)."""
+    import types
+
+    c = types.SimpleNamespace(
+        x=xp.asarray(rng.standard_normal((n, d), dtype=np.float32)),
+        dy=xp.asarray(rng.standard_normal((n, d), dtype=np.float32)),
+        gamma=xp.ones(d, np.float32), beta=xp.zeros(d, np.float32),
+        rm=xp.zeros(d, np.float32), rv=xp.ones(d, np.float32),
+        dgamma=xp.empty(d, np.float32), dbeta=xp.empty(d, np.float32))
+
+    def fwd_bwd(mod):
+        out, mean, invstd = mod.batchnorm_forward_train(c.x, c.gamma, c.beta, c.rm, c.rv, 0.9,
+                                                        1e-5)
+        return out, mod.batchnorm_backward(c.dy, c.x, c.gamma, mean, invstd, c.dgamma,
+                                           c.dbeta)
+
+    c.fwd_bwd = fwd_bwd
+    return c
+
+
 def bench_bn(shapes, quick, torch_rows):
     from accel import dispatch, functional
 
@@ -137,16 +160,8 @@ def bench_bn(shapes, quick, torch_rows):
     rows = []
     rng = np.random.default_rng(1)
     for n, d in shapes:
-        x = rng.standard_normal((n, d), dtype=np.float32)
-        dy = rng.standard_normal((n, d), dtype=np.float32)
-        gamma, beta = np.ones(d, np.float32), np.zeros(d, np.float32)
-        rm, rv = np.zeros(d, np.float32), np.ones(d, np.float32)
-        dgamma, dbeta = np.empty(d, np.float32), np.empty(d, np.float32)
-
-        def fwd_bwd(mod):
-            out, mean, invstd = mod.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
-            return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta)
-
+        case = bn_case(np, n, d, rng)
+        x, dy, fwd_bwd = case.x, case.dy, case.fwd_bwd
         reps = _reps(n * d, quick)
         ref = median_time(lambda: fwd_bwd(functional), max(3, reps // 3))
         fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.2)

@@ -12,9 +12,10 @@ accel/torch ratio per round.
 
 ``--also FILE`` times, in the accel process too, the kernels of another version of
 kernels/batchnorm_cpu.py with the current argument order (e.g. ``git show
-main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``), called directly (outputs allocated once), alternating with the current ones called the same
-way. "fused" goes through accel.dispatch, which hands an op's outputs out again once
-nothing holds them (so a steady loop maps no new pages).
+main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``), called directly (outputs allocated
+once), alternating with the current ones called the same way. "fused" goes through
+accel.dispatch, which hands an op's outputs out again once nothing holds them (so a steady
+loop maps no new pages).
 
 ``--malloc-heap`` runs both workers with glibc told to keep large blocks on its heap
 (MALLOC_MMAP_THRESHOLD_=1 GiB, MALLOC_TRIM_THRESHOLD_=4 GiB): by default glibc maps each
@@ -38,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_kernels import median_time, roofline_kernels  # noqa: E402
+from bench_kernels import bn_case, median_time, roofline_kernels  # noqa: E402
 
 
 def load_kernels(path):
@@ -58,16 +59,8 @@ def accel_worker(n, d, reps, also=None):
     from accel import dispatch, functional
 
     _, bn_bytes = roofline_kernels()
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    dy = rng.standard_normal((n, d), dtype=np.float32)
-    gamma, beta = np.ones(d, np.float32), np.zeros(d, np.float32)
-    rm, rv = np.zeros(d, np.float32), np.ones(d, np.float32)
-    dg, db = np.empty(d, np.float32), np.empty(d, np.float32)
-
-    def fwd_bwd(mod):
-        out, mean, invstd = mod.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
-        return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd, dg, db)
+    c = bn_case(np, n, d, np.random.default_rng(1))
+    x, dy, fwd_bwd = c.x, c.dy, c.fwd_bwd
 
     fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.3)
     out, dx = np.empty_like(x), np.empty_like(x)
@@ -81,8 +74,9 @@ def accel_worker(n, d, reps, also=None):
         mean, invstd = (np.empty(d, np.float32) for _ in range(2))
 
         def direct(k):
-            k["batchnorm_forward_train"](x, gamma, beta, rm, rv, 0.9, 1e-5, out, mean, invstd)
-            k["batchnorm_backward"](dy, x, gamma, mean, invstd, dg, db, dx)
+            k["batchnorm_forward_train"](x, c.gamma, c.beta, c.rm, c.rv, 0.9, 1e-5, out, mean,
+                                         invstd)
+            k["batchnorm_backward"](dy, x, c.gamma, mean, invstd, c.dgamma, c.dbeta, dx)
 
         other = load_kernels(also)
         current, other_t = [], []

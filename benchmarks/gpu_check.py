@@ -172,6 +172,7 @@ def kernels_on_device(quick):
 
 def bench_device(quick):
     import cupy as cp
+    from bench_kernels import bn_case  # this folder (the script's) is on sys.path
     from cupyx.profiler import benchmark
 
     from accel import dispatch, functional
@@ -197,15 +198,8 @@ def bench_device(quick):
                          fraction_of_copy_bw=(28 * n / fused) / copy_bw))
     for n, d in ([(1024, 100)] if quick else [(128, 100), (1024, 100), (1024, 1024),
                                               (1024, 4096)]):
-        x = cp.random.standard_normal((n, d), dtype=cp.float32)
-        dy = cp.random.standard_normal((n, d), dtype=cp.float32)
-        gamma, beta = cp.ones(d, cp.float32), cp.zeros(d, cp.float32)
-        rm, rv = cp.zeros(d, cp.float32), cp.ones(d, cp.float32)
-        dg, db = cp.empty(d, cp.float32), cp.empty(d, cp.float32)
-
-        def fwd_bwd(mod):
-            out, mean, invstd = mod.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.9, 1e-5)
-            return out, mod.batchnorm_backward(dy, x, gamma, mean, invstd, dg, db)
+        case = bn_case(cp, n, d, np.random.default_rng(1))
+        x, fwd_bwd = case.x, case.fwd_bwd
 
         fused = gpu_time(fwd_bwd, (dispatch,))
         path = dispatch.last_path("batchnorm_backward")
