@@ -3,26 +3,28 @@
 Each kernel takes the arguments of its ``xp`` reference in ``accel.functional`` followed by its
 output arrays (allocated by ``accel.dispatch``), and computes what its CUDA twin in
 ``batchnorm_cuda`` does with the same arithmetic lines; the loops differ, each walking memory
-the way its device likes it. Here each parallel iteration streams a contiguous chunk of rows
-(at least ROWS_PER_CHUNK, at most MAX_CHUNKS chunks), keeps per-chunk float64 column sums,
-and the chunks' sums are added afterwards in chunk order; then a parallel loop over rows
-writes the output. So x is read twice in the forward pass (statistics, output) and x, dy
-twice in the backward pass; at the book's sizes (1024 × 4096 float32 = 16 MB) the second read
-can come from the 32 MB L3 cache of this project's machine.
+the way its device likes it. Here the column sums come first: each parallel iteration streams a
+contiguous chunk of whole rows (at least ROWS_PER_CHUNK, at most MAX_CHUNKS chunks), ROW_BLOCK
+rows at a time whose float64 terms are added in registers before the chunk's sums are loaded
+and stored (one row at a time, a chunk's sums (2 × D × 8 B) leave L1 at D = 4096, and loading
+and storing them cost more than reading x). The chunks' sums are added in chunk order, which
+depends on N only, so the result does not depend on the number of threads. Then a parallel
+loop over rows writes the output. So x is read twice in the forward pass (sums, output) and
+x, dy twice in the backward pass.
+
+Why two passes over whole rows, measured at 1024 × 4096 float32 on this project's 2-core
+machine: every single-read design keeps a full-height panel of columns in cache, and walking
+a panel means short runs a row stride (16 KB) apart. Reading x by 128-column panels (into an
+L2-sized buffer, then writing the output from it) took 1.43 ms against 0.48 ms for reading
+and writing whole rows once; the column tiles of an earlier version (statistics and output
+per 64-column tile) lost the same way. The price of the second read is shown by
+``bench_kernels``' two-pass floor, which moves exactly these bytes with no arithmetic.
 
 How the twins differ: the CUDA kernels give a block a tile of 32 columns and split each
 column's rows over 16 lanes (row i to lane i mod 16), whose float64 partial sums a shared-
 memory tree adds, and the block then writes its columns' output; here the rows are split into
 contiguous chunks. Both add the same float64 terms, in another order (last-bit differences
 after rounding to float32).
-
-Column tiles that stay in L2 (a prange over tiles of whole columns: statistics, then output
-while the tile is cached, one parallel region per kernel) were measured against this layout
-at 1024 × 4096 float32, fwd + bwd, interleaved in one process: 6.1 ms against 4.8 ms
-(medians of per-round minima; bandwidth roofline 1.4 ms). A tile's rows are short runs
-(1-2 KB) a row stride apart, which (our reading of it) the hardware prefetchers stream worse
-than whole rows, while the second read they save can hit L3 here. They were more robust to a
-busy core (one barrier per kernel instead of three: worst round 16 ms against 60 ms).
 
 Column statistics are accumulated in float64 around a shift k = x[0, j] (a sample of the
 column, so Σ(x − k)² − (Σ(x − k))²/N does not cancel); elementwise math is in x's dtype, in
@@ -39,6 +41,7 @@ from .cpu_jit import jit, serial_twins
 
 ROWS_PER_CHUNK = 64  # at least this many rows per parallel chunk of the column sums
 MAX_CHUNKS = 64
+ROW_BLOCK = 4  # rows summed in registers before a chunk's column sums are loaded and stored
 
 
 @njit(cache=True)
@@ -47,27 +50,49 @@ def _chunks(n):
     return max(1, min(n // ROWS_PER_CHUNK, MAX_CHUNKS))
 
 
+@njit(cache=True)
+def _add_chunks(part):
+    """Σ over chunks c of part[:, c, :], in chunk order: (2, nc, d) → (2, d) float64."""
+    tot = part[:, 0, :].copy()
+    for c in range(1, part.shape[1]):
+        for j in range(part.shape[2]):
+            tot[0, j] += part[0, c, j]
+            tot[1, j] += part[1, c, j]
+    return tot
+
+
 @jit
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps,
                             out, mean, invstd):
     n, d = x.shape
     nc = _chunks(n)
-    s = np.zeros((nc, d))  # per chunk: Σ(x − k), Σ(x − k)² of each column
-    q = np.zeros((nc, d))
-    scale = np.empty(d, x.dtype)
+    part = np.empty((2, nc, d))  # per chunk: Σ(x − k), Σ(x − k)² of each column
+    k = x[0]
     for c in prange(nc):
-        for i in range(c * n // nc, (c + 1) * n // nc):
+        s, q = part[0, c], part[1, c]
+        s[:] = 0.0
+        q[:] = 0.0
+        i, end = c * n // nc, (c + 1) * n // nc
+        while i + ROW_BLOCK <= end:
             for j in range(d):
-                xk = np.float64(x[i, j]) - x[0, j]
-                s[c, j] += xk
-                q[c, j] += xk * xk
-    for j in prange(d):
-        sj, qj = 0.0, 0.0
-        for c in range(nc):
-            sj += s[c, j]
-            qj += q[c, j]
-        var = (qj - sj * sj / n) / n
-        mean[j] = x[0, j] + sj / n
+                sb, qb = 0.0, 0.0
+                for r in range(i, i + ROW_BLOCK):  # a constant count: unrolled
+                    xk = np.float64(x[r, j]) - k[j]
+                    sb += xk
+                    qb += xk * xk
+                s[j] += sb
+                q[j] += qb
+            i += ROW_BLOCK
+        for r in range(i, end):
+            for j in range(d):
+                xk = np.float64(x[r, j]) - k[j]
+                s[j] += xk
+                q[j] += xk * xk
+    s, q = _add_chunks(part)
+    scale = np.empty(d, x.dtype)
+    for j in range(d):
+        var = (q[j] - s[j] * s[j] / n) / n
+        mean[j] = k[j] + s[j] / n
         invstd[j] = 1 / math.sqrt(var + eps)
         running_mean[j] = momentum * running_mean[j] + (1 - momentum) * mean[j]
         running_var[j] = momentum * running_var[j] + (1 - momentum) * var
@@ -93,22 +118,32 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta, dx):
     n, d = x.shape
     f = x.dtype.type
     nc = _chunks(n)
-    s = np.zeros((nc, d))  # per chunk: Σdy, Σdy·x̂ of each column
-    q = np.zeros((nc, d))
-    scale = np.empty(d, x.dtype)
+    part = np.empty((2, nc, d))  # per chunk: Σdy, Σdy·x̂ of each column
     for c in prange(nc):
-        for i in range(c * n // nc, (c + 1) * n // nc):
+        s, q = part[0, c], part[1, c]
+        s[:] = 0.0
+        q[:] = 0.0
+        i, end = c * n // nc, (c + 1) * n // nc
+        while i + ROW_BLOCK <= end:
             for j in range(d):
-                xhat = (x[i, j] - mean[j]) * invstd[j]
-                s[c, j] += dy[i, j]
-                q[c, j] += dy[i, j] * xhat
-    for j in prange(d):
-        sj, qj = 0.0, 0.0
-        for c in range(nc):
-            sj += s[c, j]
-            qj += q[c, j]
-        dbeta[j] = sj
-        dgamma[j] = qj
+                sb, qb = 0.0, 0.0
+                for r in range(i, i + ROW_BLOCK):  # a constant count: unrolled
+                    xhat = (x[r, j] - mean[j]) * invstd[j]
+                    sb += dy[r, j]
+                    qb += dy[r, j] * xhat
+                s[j] += sb
+                q[j] += qb
+            i += ROW_BLOCK
+        for r in range(i, end):
+            for j in range(d):
+                xhat = (x[r, j] - mean[j]) * invstd[j]
+                s[j] += dy[r, j]
+                q[j] += dy[r, j] * xhat
+    s, q = _add_chunks(part)
+    scale = np.empty(d, x.dtype)
+    for j in range(d):
+        dbeta[j] = s[j]
+        dgamma[j] = q[j]
         scale[j] = gamma[j] * invstd[j] / f(n)
     for i in prange(n):
         for j in range(d):
