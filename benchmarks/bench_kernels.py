@@ -6,7 +6,9 @@ Rows (numpy backend, float32 unless said):
   write p, m, v) with trivial math, the fraction of the roofline reached, achieved GB/s, and
   torch.optim.Adam(fused=True);
 - BatchNorm training forward + backward over (N, D): reference, fused, a roofline kernel moving
-  the compulsory bytes (read x, write out; read x, dy, write dx), torch's CPU batch_norm;
+  the compulsory bytes (read x, write out; read x, dy, write dx), the two-pass floor (the bytes
+  the fused kernels move: x, and x and dy, read once more for the column sums), torch's CPU
+  batch_norm;
 - the whole training step of the 784-100x4-10 MLP (batch 128, Adam, float32): accel fused,
   accel reference, the same model in torch;
 - array operations per training step of that MLP, with and without BatchNorm, per layer type,
@@ -69,6 +71,11 @@ def _reps(n, quick):
 
 
 def roofline_kernels():
+    """Kernels that move a fused kernel's bytes with trivial math: ``.adam``, ``.bn`` (the
+    compulsory bytes of batch norm fwd + bwd) and ``.bn_two_pass`` (the bytes the batch-norm
+    kernels move: a pass for the column sums before each output pass)."""
+    import types
+
     from numba import njit, prange
 
     jit = njit(parallel=True, cache=True, error_model="numpy")
@@ -91,7 +98,27 @@ def roofline_kernels():
             for j in range(d):
                 dx[i, j] = x[i, j] + dy[i, j]
 
-    return adam_bytes, bn_bytes
+    @jit
+    def bn_two_pass_bytes(x, dy, out, dx):  # read x; read x, write out; read x, dy; read
+        n, d = x.shape                       # x, dy, write dx
+        nc = max(1, min(n // 64, 64))
+        s = np.zeros((nc, d), x.dtype)
+        for c in prange(nc):
+            for i in range(c * n // nc, (c + 1) * n // nc):
+                for j in range(d):
+                    s[c, j] += x[i, j]
+        for i in prange(n):
+            for j in range(d):
+                out[i, j] = x[i, j] + s[0, j]
+        for c in prange(nc):
+            for i in range(c * n // nc, (c + 1) * n // nc):
+                for j in range(d):
+                    s[c, j] += x[i, j] * dy[i, j]
+        for i in prange(n):
+            for j in range(d):
+                dx[i, j] = x[i, j] + dy[i, j] + s[0, j]
+
+    return types.SimpleNamespace(adam=adam_bytes, bn=bn_bytes, bn_two_pass=bn_two_pass_bytes)
 
 
 # -- the accel side
@@ -100,7 +127,7 @@ def roofline_kernels():
 def bench_adam(sizes, quick, torch_rows):
     from accel import dispatch, functional
 
-    adam_bytes, _ = roofline_kernels()
+    adam_bytes = roofline_kernels().adam
     rows = []
     rng = np.random.default_rng(0)
     for n in sizes:
@@ -156,7 +183,7 @@ def bn_case(xp, n, d, rng):
 def bench_bn(shapes, quick, torch_rows):
     from accel import dispatch, functional
 
-    _, bn_bytes = roofline_kernels()
+    roofline = roofline_kernels()
     rows = []
     rng = np.random.default_rng(1)
     for n, d in shapes:
@@ -167,11 +194,14 @@ def bench_bn(shapes, quick, torch_rows):
         fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.2)
         path = dispatch.last_path("batchnorm_backward")
         out, dx = np.empty_like(x), np.empty_like(x)
-        roof = median_time(lambda: bn_bytes(x, dy, out, dx), reps, min_time=0.2)
+        roof = median_time(lambda: roofline.bn(x, dy, out, dx), reps, min_time=0.2)
+        two_pass = median_time(lambda: roofline.bn_two_pass(x, dy, out, dx), reps,
+                               min_time=0.2)
         nbytes = 5 * n * d * 4
         row = dict(op="batchnorm_fwd_bwd", n=n * d, shape=[n, d], dtype="float32", path=path,
                    reference_s=ref, fused_s=fused, roofline_s=roof,
                    fraction_of_roofline=roof / fused, fused_GBps=nbytes / fused / 1e9,
+                   two_pass_floor_s=two_pass, fused_over_two_pass_floor=fused / two_pass,
                    speedup_vs_reference=ref / fused)
         rows.append(_with_torch(row, torch_rows.get(f"bn/{n}x{d}"), "torch_s"))
     return rows
@@ -467,6 +497,12 @@ def print_table(rows):
               f"{r.get('speedup_vs_reference', float('nan')):7.1f}"
               f"{fmt(torch_s if torch_s is not None else float('nan'))}"
               f"{r.get('fused_over_torch', float('nan')):7.2f}")
+    for r in rows:
+        if r["op"] == "batchnorm_fwd_bwd":
+            print(f"batchnorm_fwd_bwd {'x'.join(map(str, r['shape']))}: two-pass floor "
+                  f"{r['two_pass_floor_s'] * 1e3:.3f} ms, fused/floor "
+                  f"{r['fused_over_two_pass_floor']:.2f}, floor/roofline "
+                  f"{r['two_pass_floor_s'] / r['roofline_s']:.2f}")
     for r in rows:
         if r["op"] == "mlp_step" and "rounds_s" in r:
             print(f"mlp_step in alternating processes ({len(r['rounds_s']['accel'])} rounds, "

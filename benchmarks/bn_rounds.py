@@ -1,8 +1,10 @@
 """Batch-norm training forward + backward on the CPU: accel against torch, in rounds.
 
 Each round runs two fresh processes, one after the other: accel (the fused kernel through
-accel.dispatch, the xp reference, and the roofline kernel of bench_kernels, which moves the
-compulsory bytes: read x, write out; read x, dy, write dx) and torch (native_batch_norm and
+accel.dispatch, the xp reference, and two kernels of bench_kernels with trivial math: the
+roofline, which moves the compulsory bytes (read x, write out; read x, dy, write dx), and the
+two-pass floor, which moves the bytes of the fused kernels (x, and x and dy, read once more
+for the column sums)) and torch (native_batch_norm and
 its backward, as bench_kernels times it). Alternating processes give both the same share of a
 noisy machine; the medians and the spread (min–max) over rounds are printed, and of the
 accel/torch ratio per round.
@@ -58,17 +60,18 @@ def accel_worker(n, d, reps, also=None):
 
     from accel import dispatch, functional
 
-    _, bn_bytes = roofline_kernels()
+    roofline = roofline_kernels()
     c = bn_case(np, n, d, np.random.default_rng(1))
     x, dy, fwd_bwd = c.x, c.dy, c.fwd_bwd
 
     fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.3)
     out, dx = np.empty_like(x), np.empty_like(x)
-    roof = median_time(lambda: bn_bytes(x, dy, out, dx), reps, min_time=0.3)
+    roof = median_time(lambda: roofline.bn(x, dy, out, dx), reps, min_time=0.3)
+    two_pass = median_time(lambda: roofline.bn_two_pass(x, dy, out, dx), reps, min_time=0.3)
     ref = median_time(lambda: fwd_bwd(functional), max(3, reps // 3))
     import numba
 
-    res = dict(fused_s=fused, roofline_s=roof, reference_s=ref,
+    res = dict(fused_s=fused, roofline_s=roof, two_pass_floor_s=two_pass, reference_s=ref,
                path=dispatch.last_path("batchnorm_backward"), threads=numba.get_num_threads())
     if also:
         mean, invstd = (np.empty(d, np.float32) for _ in range(2))
@@ -154,7 +157,10 @@ def main(argv=None):
     summary = dict(fused=spread([a["fused_s"] for a in acc]),
                    roofline=spread([a["roofline_s"] for a in acc]),
                    reference=spread([a["reference_s"] for a in acc]),
+                   two_pass_floor=spread([a["two_pass_floor_s"] for a in acc]),
                    fused_over_roofline=spread([a["fused_s"] / a["roofline_s"] for a in acc]),
+                   fused_over_two_pass_floor=spread([a["fused_s"] / a["two_pass_floor_s"]
+                                                     for a in acc]),
                    reference_over_fused=spread([a["reference_s"] / a["fused_s"] for a in acc]))
     if args.also:
         summary["kernels_current"] = spread([a["kernels_current_s"] for a in acc])
@@ -169,7 +175,9 @@ def main(argv=None):
     print(f"  accel fused    {fmt(summary['fused'])}   path {acc[0]['path']}")
     print(f"  roofline       {fmt(summary['roofline'])}")
     print(f"  reference      {fmt(summary['reference'])}")
+    print(f"  two-pass floor {fmt(summary['two_pass_floor'])}")
     print(f"  fused/roofline {fmt(summary['fused_over_roofline'], 1, '×')}")
+    print(f"  fused/floor    {fmt(summary['fused_over_two_pass_floor'], 1, '×')}")
     print(f"  reference/fused {fmt(summary['reference_over_fused'], 1, '×')}")
     if args.also:
         print(f"  kernels, called directly: current {fmt(summary['kernels_current'])}, "
