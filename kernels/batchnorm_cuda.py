@@ -31,10 +31,10 @@ At D = 100 the two reductions fill 4 multiprocessors of an A100's 108 (a column 
 several blocks would need a second pass or atomics); from D ≈ 3 500 up they have a block for
 every multiprocessor. Not measured on a GPU yet (see README, "GPU").
 
-How the twins differ: the CPU kernel (``batchnorm_cpu``) gives each thread a tile of whole
-columns and walks it row by row with one float64 accumulator per column, so its sums add the
-rows in order; here ROWS lanes each add every ROWS-th row and a tree adds the lanes, so the
-float64 sums are added in another order (last-bit differences after rounding to float32).
+How the twins differ: the CPU kernel (``batchnorm_cpu``) splits the rows into contiguous
+chunks, adds a chunk's rows a few at a time into float64 sums per column, and adds the chunks'
+sums in chunk order; here ROWS lanes each add every ROWS-th row and a tree adds the lanes, so
+the float64 sums are added in another order (last-bit differences after rounding to float32).
 The formulas, the shift k = x[0, j], the float64 accumulation and the elementwise arithmetic
 (in x's dtype, the reference's order) are the same.
 """
