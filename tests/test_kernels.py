@@ -215,6 +215,38 @@ def test_batchnorm_kernels_match_reference(n, d, dtype, parallel, monkeypatch):
     assert dispatch.last_path("batchnorm_forward_eval") == "cpu"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_sums_do_not_depend_on_threads(dtype):
+    """The column sums add row chunks in chunk order, so 1 thread, 2 threads and the serial
+    twin give the same bits (n = 301: 4 chunks of 75-76 rows, whole 4-row blocks and a tail)."""
+    import numba
+    from accel.kernels import batchnorm_cpu
+
+    rng = np.random.default_rng(9)
+    x, gamma, beta, _, _, dy = _bn_inputs(rng, 301, 70, dtype)
+
+    def run(fwd, bwd):
+        rm, rv = np.zeros(70, dtype), np.ones(70, dtype)
+        out, dx = np.empty_like(x), np.empty_like(x)
+        mean, invstd, dgamma, dbeta = (np.empty(70, dtype) for _ in range(4))
+        fwd(x, gamma, beta, rm, rv, 0.9, 1e-5, out, mean, invstd)
+        bwd(dy, x, gamma, mean, invstd, dgamma, dbeta, dx)
+        return out, mean, invstd, rm, rv, dgamma, dbeta, dx
+
+    par, ser = batchnorm_cpu.KERNELS, batchnorm_cpu.SERIAL
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run(par["batchnorm_forward_train"], par["batchnorm_backward"])
+    finally:
+        numba.set_num_threads(threads)
+    many = run(par["batchnorm_forward_train"], par["batchnorm_backward"])
+    serial = run(ser["batchnorm_forward_train"], ser["batchnorm_backward"])
+    for a, b, c in zip(one, many, serial):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
 def test_batchnorm_kernels_gradient_check():
     rng = np.random.default_rng(5)
     x, gamma, beta, rm, rv, dy = _bn_inputs(rng, 6, 4, np.float64)
