@@ -217,6 +217,18 @@ class MultiLayerNet:
         """Copy a ``state_dict`` (from this process or a checkpoint, any backend) into this
         network, whose architecture must be the saved one. Everything is checked before
         anything changes; ValueError/TypeError name the problem."""
+        wanted = self.check_state_dict(state)
+        for (sec, name), target in wanted.items():
+            target[...] = self.backend.asarray(state[sec][name])
+        if self.dropout > 0 and not checkpoint.set_rng_state(self.rng, state.get("rng")):
+            warnings.warn("the dropout generator's state was saved on another backend (or "
+                          "not at all); dropout masks after loading come from this network's "
+                          "own generator", stacklevel=3)
+
+    def check_state_dict(self, state: dict) -> dict:
+        """Raise what ``load_state_dict(state)`` would refuse (ValueError/TypeError: another
+        architecture or dtype, a missing or misshapen array); changes nothing. Returns
+        (section, name) → the live array that the saved one would be copied into."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         saved, mine = state.get("config"), self.config()
@@ -235,12 +247,7 @@ class MultiLayerNet:
             if a.shape != target.shape or a.dtype != target.dtype:
                 raise ValueError(f"array {sec}/{name} is {a.dtype} {a.shape}, this network "
                                  f"needs {target.dtype} {target.shape}")
-        for (sec, name), target in wanted.items():
-            target[...] = self.backend.asarray(state[sec][name])
-        if self.dropout > 0 and not checkpoint.set_rng_state(self.rng, state.get("rng")):
-            warnings.warn("the dropout generator's state was saved on another backend (or "
-                          "not at all); dropout masks after loading come from this network's "
-                          "own generator", stacklevel=3)
+        return wanted
 
     def save(self, path):
         """Write the architecture, parameters, BatchNorm running statistics and dropout

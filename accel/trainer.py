@@ -8,6 +8,7 @@ and raises ``TrainingInterrupted``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,12 +46,18 @@ class Trainer:
       ``checkpoint_every`` epochs (default 1), when the run ends, and on Ctrl-C. It holds the
       network, the optimizer state, the epoch and position in it, the shuffling generator's
       state and the history.
-    - ``resume``: a checkpoint path (or True: ``<checkpoint_dir>/last.npz`` if it exists) to
-      continue from. The resumed run is bit-identical to an uninterrupted one on the same
-      backend. Pass the same network architecture, optimizer type, data and batch size;
-      ``epochs`` may be larger than the saved run's (to train longer).
+    - ``resume``: a checkpoint path (or True: ``<checkpoint_dir>/last.npz`` if it exists when
+      ``fit()`` starts) to continue from. The resumed run is bit-identical to an
+      uninterrupted one on the same backend, parameters and history. Pass the same network
+      architecture, optimizer type, data and batch size; ``epochs`` may be larger than the
+      saved run's (to train longer).
     - ``fit()`` called again on the same trainer (after Ctrl-C, or with a larger
-      ``epochs``/``max_iterations``) continues exactly where it stopped, as a resume would.
+      ``epochs``/``max_iterations``) continues exactly where it stopped, as a resume would
+      (with ``resume=True``, from the folder's checkpoint if another run has written one
+      since). An evaluation made only because the run stopped off the ``evaluate_every``
+      grid (at ``max_iterations``, or at ``epochs`` raised later) is replaced when it goes on.
+    - Every write into ``checkpoint_dir`` (``fit()``'s and ``save_checkpoint()``'s) holds the
+      folder's lock: a second run there gets DirectoryInUseError.
     - ``on_nonfinite``: "raise" (default) stops with NonFiniteError naming the iteration and
       the parameters whose gradient is NaN/Inf; "skip" drops that step (no update, BatchNorm
       running statistics restored) and counts it in ``History.skipped_steps``; None turns the
@@ -67,9 +74,9 @@ class Trainer:
                  checkpoint_dir=None, checkpoint_every=None, resume=None,
                  on_nonfinite="raise"):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
-        if not callable(getattr(optimizer, "update", None)):
-            raise TypeError(f"optimizer must have an update(params, grads) method, got "
-                            f"{optimizer!r}")
+        if isinstance(optimizer, type) or not callable(getattr(optimizer, "update", None)):
+            raise TypeError(f"optimizer must have an update(params, grads) method (an "
+                            f"instance such as optim.Adam(lr=1e-3)), got {optimizer!r}")
         for name, fn in (("schedule", schedule), ("on_evaluate", on_evaluate)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable, got {fn!r}")
@@ -80,13 +87,16 @@ class Trainer:
             checks.positive("checkpoint_every", checkpoint_every, integer=True)
             if checkpoint_dir is None:
                 raise ValueError(f"checkpoint_every={checkpoint_every!r} needs checkpoint_dir")
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir must be a folder path (str or Path), got "
+                            f"{checkpoint_dir!r}")
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and \
                 not self.checkpoint_dir.is_dir():
             raise NotADirectoryError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file, not a "
                                      "folder")
         self.checkpoint_every = checkpoint_every or 1
-        self.resume = self._resume_path(resume)
+        self.resume = self._resume_request(resume)
         self.epochs = checks.positive("epochs", epochs, integer=True)
         self.batch_size = checks.positive("batch_size", batch_size, integer=True)
         self.max_iterations = checks.optional(checks.positive, "max_iterations", max_iterations,
@@ -117,19 +127,34 @@ class Trainer:
         self._epoch_rng_state = None  # the shuffling state before this epoch's permutation
         self._data_crc = None  # fingerprint of (x_train, t_train), computed for checkpoints
         self.last_checkpoint = None
+        self._lock = None  # the checkpoint folder's lock while fit() runs
+        self._own_files = {}  # checkpoint path -> identity of the file this trainer wrote/read
+        self._provisional = False  # the last evaluation was made only because the run stopped
 
-    def _resume_path(self, resume):
+    def _resume_request(self, resume):
+        """None, True (decided when fit() starts) or the checkpoint path to resume from."""
         if resume is True:
             if self.checkpoint_dir is None:
                 raise ValueError("resume=True needs checkpoint_dir (or pass a checkpoint path)")
-            return self.checkpoint_path if self.checkpoint_path.is_file() else None
+            return True
         if resume is None or resume is False:
             return None
-        if not isinstance(resume, (str, Path)):
+        if not isinstance(resume, (str, os.PathLike)):
             raise TypeError(f"resume must be a path or True, got {resume!r}")
         if not Path(resume).is_file():
             raise FileNotFoundError(f"resume={str(resume)!r}: no checkpoint file there")
         return resume
+
+    def _resume_source(self):
+        """The checkpoint this fit() starts from, decided now (under the folder's lock): the
+        path given, or with resume=True the folder's last.npz when it exists and is not the
+        file this trainer itself wrote or read last (its state is already in memory)."""
+        if self.resume is not True:
+            return self.resume
+        path = self.checkpoint_path
+        if path.is_file() and self._own_files.get(path) != _file_id(path):
+            return path
+        return None
 
     @property
     def n_train(self) -> int:
@@ -178,18 +203,24 @@ class Trainer:
 
         With ``resume``, first restores the checkpoint and continues where it stopped.
         Ctrl-C: see the class docstring (raises TrainingInterrupted)."""
-        lock = contextlib.nullcontext() if self.checkpoint_dir is None else \
+        self._lock = None if self.checkpoint_dir is None else \
             checkpoint.DirectoryLock(self.checkpoint_dir)
-        with lock, StepBoundary() as stop, _progress_logging(self._bar_wanted()):
-            if self.resume is not None:
-                self.load_checkpoint(self.resume)
-                path, self.resume = self.resume, None  # a second fit() continues from memory
+        with self._lock or contextlib.nullcontext(), StepBoundary() as stop, \
+                _progress_logging(self._bar_wanted()):
+            path = self._resume_source()
+            if path is not None:
+                self.load_checkpoint(path)
+                if self.resume is not True:
+                    self.resume = None  # a second fit() continues from memory
                 self._say(f"resumed from {path} at epoch {self.epoch + 1}, iteration "
                           f"{self.history.iterations}")
             elif not self.history.epoch:
                 if self.schedule is not None:
                     self.optimizer.lr = self.schedule(0)
                 self.evaluate(0)
+            if self._provisional and self.epoch < self.epochs and \
+                    not self._at_max_iterations():
+                self._drop_last_evaluation()  # the run goes on: that stop is not one
             try:
                 while self.epoch < self.epochs and not self._at_max_iterations():
                     self._run_epoch(stop)
@@ -234,7 +265,9 @@ class Trainer:
         if self.offset == 0:
             self.epoch += 1
         last = self.epoch >= self.epochs or self._at_max_iterations()
-        if last or (self.offset == 0 and self.epoch % self.evaluate_every == 0):
+        on_grid = self.offset == 0 and self.epoch % self.evaluate_every == 0
+        if last or on_grid:
+            self._provisional = not on_grid
             self.evaluate(round(epoch + (self.offset / self.n_train or 1.0), 4))
             self._tick()
             self._report(bar, epoch)
@@ -252,6 +285,16 @@ class Trainer:
         now = time.perf_counter()
         self.history.elapsed_s += now - self._clock
         self._clock = now
+
+    def _drop_last_evaluation(self) -> None:
+        """Remove the last evaluation row (one made only because the run stopped there), so a
+        continued run records what an uninterrupted one does."""
+        h = self.history
+        n = len(h.epoch)
+        for values in (h.epoch, h.train_acc, h.val_acc, h.test_acc, h.lr):
+            if len(values) == n:
+                values.pop()
+        self._provisional = False
 
     def _at_max_iterations(self) -> bool:
         return self.max_iterations is not None and self.history.iterations >= self.max_iterations
@@ -336,7 +379,7 @@ class Trainer:
             "trainer": {"epoch": self.epoch, "offset": self.offset, "rng": rng,
                         "n_train": self.n_train, "data_crc32": self.data_fingerprint(),
                         "batch_size": self.batch_size, "epochs": self.epochs,
-                        "history": hist},
+                        "history": hist, "provisional_evaluation": self._provisional},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -348,6 +391,8 @@ class Trainer:
             if tr[name] != mine:
                 raise ValueError(f"saved with {name}={tr[name]}, this trainer has "
                                  f"{name}={mine}; resume needs the same data and batches")
+        # the network first: its dtype is part of the data's fingerprint
+        self.network.check_state_dict(state["network"])
         if tr["data_crc32"] != self.data_fingerprint():
             raise ValueError("saved from a run on other training data (same size, different "
                              f"CRC-32: {tr['data_crc32']:#010x}, here "
@@ -371,6 +416,7 @@ class Trainer:
         self.rng.bit_generator.state = rng
         self._epoch_rng_state = rng
         self.history, self.epoch, self.offset = history, epoch, offset
+        self._provisional = tr.get("provisional_evaluation", False) is True
 
     def data_fingerprint(self) -> int:
         """CRC-32 of the training data (x and t), computed once."""
@@ -379,11 +425,23 @@ class Trainer:
         return self._data_crc
 
     def save_checkpoint(self, path=None) -> Path:
-        """Write a checkpoint (default ``checkpoint_path``) atomically; returns its path."""
+        """Write a checkpoint (default ``checkpoint_path``) atomically, holding its folder's
+        lock (DirectoryInUseError when another run writes there); returns its path."""
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or Path), got {path!r}")
         path = self.checkpoint_path if path is None else Path(path)
         if path is None:
             raise ValueError("save_checkpoint needs a path when checkpoint_dir is not set")
-        self.last_checkpoint = checkpoint.save(path, self.state_dict(), kind="trainer")
+        lock = self._lock
+        if lock is None or not lock.holds(path.parent):
+            with checkpoint.DirectoryLock(path.parent) as held:
+                return self._save(path, held)
+        return self._save(path, lock)
+
+    def _save(self, path, lock) -> Path:
+        self.last_checkpoint = checkpoint.save(path, self.state_dict(), kind="trainer",
+                                               lock=lock)
+        self._own_files[path] = _file_id(path)
         return self.last_checkpoint
 
     def load_checkpoint(self, path) -> None:
@@ -400,6 +458,17 @@ class Trainer:
                 f"{checkpoint.FORMAT_VERSION} only. Its network still loads with "
                 "MultiLayerNet.load(path)")
         checkpoint.restore(self, header["state"], path)
+        self._own_files[Path(path)] = _file_id(path)
+
+
+def _file_id(path):
+    """What tells one write of a file from another: (device, inode, size, mtime); each
+    checkpoint is a new file renamed into place."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _interactive() -> bool:
