@@ -447,11 +447,19 @@ def spiral(n_samples: int = 900, n_classes: int = 3, noise: float = 0.2, seed=0)
 
 
 def _stratified_split(x, t, test_fraction, rng):
-    """Split class by class (so both parts stay balanced), then shuffle each part."""
+    """Split class by class (so both parts stay balanced), then shuffle each part. Each class
+    puts round(test_fraction · its size) samples in the test part: at least one, and at
+    least one stays for training (ValueError otherwise)."""
     train_idx, test_idx = [], []
     for k in np.unique(t):
         idx = rng.permutation(np.flatnonzero(t == k))
         n_test = int(round(test_fraction * idx.size))
+        if not 1 <= n_test <= idx.size - 1:
+            raise ValueError(
+                f"test_fraction={test_fraction} of n_samples={t.size} puts {n_test} of class "
+                f"{k}'s {idx.size} samples in the test part and {idx.size - n_test} in the "
+                "training part; each part needs at least one of every class (raise n_samples "
+                "or change test_fraction)")
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     tr = rng.permutation(np.concatenate(train_idx))

@@ -50,9 +50,14 @@ class Standardizer:
     def fit(self, x):
         x = _as_float("x", x)
         x64 = x.astype(np.float64)
-        mean = x64.mean(axis=0)
-        std = x64.std(axis=0)
-        xp = array_module(std)
+        xp = array_module(x64)
+        # In units of each feature's largest |x|: the squares of data near 1e200 (or sums of
+        # data near 1e304) would overflow float64 and make σ infinite.
+        scale = xp.abs(x64).max(axis=0)
+        scale = xp.where(scale > 0, scale, 1.0)
+        unit = x64 / scale
+        mean = unit.mean(axis=0) * scale
+        std = unit.std(axis=0) * scale
         self.mean_ = mean
         self.std_ = xp.where(std > self.eps, std, 1.0)
         return self
@@ -107,6 +112,10 @@ class PCAWhitening:
         self.mean_ = x.mean(axis=0)
         xc = x - self.mean_
         cov = xc.T @ xc / n
+        if not bool(xp.isfinite(cov).all()):
+            big = float(xp.abs(x).max())
+            raise ValueError(f"x is too large to whiten in float64: its covariance overflows "
+                             f"(|x| up to {big:.3g}); scale it first, e.g. with Standardizer")
         lam, u = xp.linalg.eigh(cov)  # ascending
         order = xp.argsort(lam)[::-1][:k]
         lam = xp.clip(lam[order], 0.0, None)
