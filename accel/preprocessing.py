@@ -111,7 +111,8 @@ class PCAWhitening:
         xp = array_module(x)
         self.mean_ = x.mean(axis=0)
         xc = x - self.mean_
-        cov = xc.T @ xc / n
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
+            cov = xc.T @ xc / n
         if not bool(xp.isfinite(cov).all()):
             big = float(xp.abs(x).max())
             raise ValueError(f"x is too large to whiten in float64: its covariance overflows "
