@@ -1,0 +1,314 @@
+"""accel.search's bookkeeping under concurrency and failure: a study's settings are kept and
+enforced, each stale trial is retried once, no trial is ever left FAIL by the bookkeeping,
+processes started together on a fresh PostgreSQL database all run, an objective that always
+fails ends, and a database that goes away gives a message that says what to do."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+from accel import search  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ROOT = Path(__file__).parents[1]
+
+
+def toy(params, trial):
+    """Best at lr = 1e-3."""
+    return -abs(math.log10(params["lr"]) + 3)
+
+
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def url_for(where, tmp_path, request, name):
+    """A SQLite file, or a fresh database on the session's PostgreSQL server."""
+    if where == "sqlite":
+        return sqlite_url(tmp_path)
+    import pg
+
+    return pg.create_database(request.getfixturevalue("postgres_url"), name)
+
+
+def states(study):
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+def run_together(*calls):
+    """Run the calls in threads started together (two machines joining one study); return
+    their results, re-raising the first exception."""
+    out, errors = [None] * len(calls), []
+    barrier = threading.Barrier(len(calls))
+
+    def go(i, call):
+        try:
+            barrier.wait()
+            out[i] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(i, c)) for i, c in enumerate(calls)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not any(th.is_alive() for th in threads), "a call did not end"
+    if errors:
+        raise errors[0]
+    return out
+
+
+# -- 2: a study's settings are stored with it
+
+
+def test_a_call_that_disagrees_with_the_study_is_refused_by_name(tmp_path):
+    url = sqlite_url(tmp_path)
+    kw = {"study_name": "s", "storage_url": url, "seed": 0}
+    search.run_study(toy, search.BOOK_SPACE, 5, **kw)
+    for change, match in (({"direction": "minimize"}, "is run to maximize, not "
+                                                      "direction='minimize'"),
+                          ({"seed": 1}, "'seed': 0.*not.*'seed': 1"),
+                          ({"sampler_name": "tpe"}, "'sampler': 'random'.*not.*'tpe'"),
+                          ({"pruner_name": "median"}, "'pruner': 'none'.*not.*'median'"),
+                          ({"pruner_name": "hyperband", "pruner_kwargs": {"epochs": 9}},
+                           "hyperband")):
+        with pytest.raises(ValueError, match=match):
+            search.run_study(toy, search.BOOK_SPACE, 5, **{**kw, **change})
+    with pytest.raises(ValueError, match="already has 5 complete or pruned trials, more than "
+                                         "n_trials=3: pass n_trials >= 5"):
+        search.run_study(toy, search.BOOK_SPACE, 3, **kw)
+    with pytest.raises(ValueError, match="direction"):
+        search.random_search(toy, 5, maximize=False, study_name="s", storage_url=url, seed=0)
+    # the same settings continue it; none of the refused calls ran a trial
+    study = search.run_study(toy, search.BOOK_SPACE, 6, **kw)
+    assert states(study) == [TrialState.COMPLETE] * 6
+    assert study.user_attrs["search_settings"] == {"sampler": "random", "seed": 0,
+                                                   "pruner": "none", "pruner_kwargs": {}}
+
+
+# -- 3 and 10: one lock around the bookkeeping, on every storage
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_each_stale_trial_is_retried_exactly_once(where, tmp_path, request, monkeypatch):
+    """Two processes find the same stale trials at once (the window between reading them and
+    failing them widened to 0.5 s): on SQLite, which has no row locks, both used to fail and
+    re-queue each one, so the same parameters ran twice."""
+    url = url_for(where, tmp_path, request, "stale_once")
+    kw = {"study_name": "stale", "storage_url": url, "seed": 0, "heartbeat_interval": 1,
+          "grace_period": 1, "poll": 0.1}
+    search.run_study(toy, search.BOOK_SPACE, 1, **kw)
+    # three trials of a worker that died mid-trial: running, their heartbeats stopped
+    store = search.storage(url, heartbeat_interval=1, grace_period=1)
+    study = optuna.load_study(study_name="stale", storage=store,
+                              sampler=search.sampler("random", 0))
+    dead = [study.ask() for _ in range(3)]
+    for trial in dead:
+        search.suggest(trial, search.BOOK_SPACE)
+        store.record_heartbeat(trial._trial_id)
+    time.sleep(1.5)
+    real = type(store)._get_stale_trial_ids
+
+    def slow_to_fail(self, study_id):
+        ids = real(self, study_id)
+        if ids:
+            time.sleep(0.5)
+        return ids
+
+    monkeypatch.setattr(type(store), "_get_stale_trial_ids", slow_to_fail)
+    a, b = run_together(lambda: search.run_study(toy, search.BOOK_SPACE, 4, **kw),
+                        lambda: search.run_study(toy, search.BOOK_SPACE, 4, **kw))
+    trials = b.get_trials(deepcopy=False)
+    retries = [t.system_attrs.get("failed_trial") for t in trials
+               if "failed_trial" in t.system_attrs]
+    assert sorted(retries) == [t.number for t in dead]  # each once
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [t.number for t in dead]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    by_number = {t.number: t.params for t in trials}
+    for t in trials:
+        if "failed_trial" in t.system_attrs:
+            assert t.params == by_number[t.system_attrs["failed_trial"]]
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_no_trial_is_left_failed_by_the_bookkeeping(where, tmp_path, request, monkeypatch):
+    """Two machines count the free places at the same moment (the window between counting
+    and starting a trial widened to 0.3 s): both used to start a trial for the last place,
+    and one was left FAIL ("_Surplus: the study already has ...")."""
+    url = url_for(where, tmp_path, request, "no_surplus")
+    real = search._counts
+
+    def slow_count(study):
+        out = real(study)
+        time.sleep(0.3)
+        return out
+
+    monkeypatch.setattr(search, "_counts", slow_count)
+    kw = {"study_name": "shared", "storage_url": url, "seed": 0, "poll": 0.1}
+    search.run_study(toy, search.BOOK_SPACE, 1, **kw)  # created first, as on two machines
+    a, b = run_together(lambda: search.run_study(toy, search.BOOK_SPACE, 5, **kw),
+                        lambda: search.run_study(toy, search.BOOK_SPACE, 5, **kw))
+    assert states(a) == [TrialState.COMPLETE] * 5
+    workers = {t.user_attrs["worker"] for t in a.get_trials(deepcopy=False)}
+    assert len(workers) == 1  # one process here: the threads share its name
+
+
+# -- 7: an objective that always fails
+
+
+def test_an_objective_that_always_returns_nan_ends_with_a_clear_error(tmp_path):
+    calls = []
+
+    def nan(params, trial):
+        calls.append(trial.number)
+        if len(calls) > 50:
+            raise RuntimeError("the search did not stop")
+        return float("nan")
+
+    url = sqlite_url(tmp_path)
+    with pytest.raises(search.TrialsFailedError,
+                       match=r"'s': 4 trials failed in this run, more than max_failed=3 "
+                             r"\(trial 3: the objective returned nan"):
+        search.run_study(nan, search.BOOK_SPACE, 10, study_name="s", storage_url=url,
+                         max_failed=3)
+    assert len(calls) == 4
+    # by default, as many failures as trials asked for
+    with pytest.raises(search.TrialsFailedError, match="6 trials failed in this run, more "
+                                                        "than max_failed=5"):
+        search.run_study(nan, search.BOOK_SPACE, 5, study_name="t", storage_url=url)
+    # fixed, the same call continues the study: its earlier failures are not held against it
+    study = search.run_study(toy, search.BOOK_SPACE, 10, study_name="s", storage_url=url,
+                             max_failed=3)
+    assert states(study).count(TrialState.COMPLETE) == 10
+    assert states(study).count(TrialState.FAIL) == 4
+
+
+def test_nan_in_worker_processes_ends_with_the_same_error(tmp_path):
+    with pytest.raises(search.TrialsFailedError, match="more than max_failed=2"):
+        search.run_study(_nan, search.BOOK_SPACE, 4, study_name="w",
+                         storage_url=sqlite_url(tmp_path), workers=2, max_failed=2, poll=0.1)
+
+
+def _nan(params, trial):  # module level: picklable for the worker processes
+    return float("nan")
+
+
+# -- 9: processes started together on a fresh PostgreSQL database
+
+_JOIN = textwrap.dedent("""
+    import math, sys, time
+    import sqlalchemy
+    from accel import search
+
+    def objective(params, trial):
+        time.sleep(0.05)
+        return -abs(math.log10(params["lr"]) + 3)
+
+    held = []
+
+    def widen(conn, cursor, statement, *args):
+        # hold the first CREATE for a while: every process has checked that the tables are
+        # missing before any creates them, as in an unlucky real start
+        if statement.lstrip().upper().startswith("CREATE") and not held:
+            held.append(statement)
+            time.sleep(1.0)
+
+    if __name__ == "__main__":
+        url, start_at = sys.argv[1], float(sys.argv[2])
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", widen)
+        while time.time() < start_at:
+            time.sleep(0.001)
+        study = search.run_study(objective, search.BOOK_SPACE, 6, study_name="book",
+                                 storage_url=url, seed=0, heartbeat_interval=1, poll=0.1)
+        print(" ".join(t.state.name for t in study.trials))
+""")
+
+
+def test_two_processes_started_together_on_a_fresh_database(tmp_path, postgres_url):
+    import pg
+
+    url = pg.create_database(postgres_url, "fresh_two")
+    script = tmp_path / "join.py"
+    script.write_text(_JOIN)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.time() + 3.0  # after both have imported everything
+    procs = [subprocess.Popen([sys.executable, str(script), url, str(start)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="book", storage=search.storage(url))
+    assert states(study) == [TrialState.COMPLETE] * 6
+
+
+# -- 11: the PostgreSQL driver, and a server that goes away
+
+
+def test_a_missing_driver_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError) as info:
+        search.storage("postgresql+psycopg://accel@db.example:5432/search")
+    msg = str(info.value)
+    assert "pip install 'accel-dlfs[postgres]'" in msg and "\n" not in msg
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_plain_postgresql_url_uses_the_extras_driver(postgres_url):
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    store = search.storage(plain)
+    assert store.engine.dialect.driver == "psycopg"
+
+
+@pytest.fixture
+def cluster():
+    import pg
+
+    try:
+        c = pg.Cluster()
+    except pg.Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        c.initdb("-A", "trust")
+        c.start("-c listen_addresses=127.0.0.1")
+    except pg.Unavailable as exc:
+        c.remove()
+        pytest.skip(str(exc))
+    yield c
+    c.remove()
+
+
+def test_a_server_stopped_mid_study_says_run_it_again(cluster):
+    import pg
+
+    url = pg.create_database(cluster.url("postgres"), "search")
+
+    def stops_the_server(params, trial):
+        if trial.number == 2:
+            cluster.stop()
+        return toy(params, trial)
+
+    kw = {"study_name": "s", "storage_url": url, "seed": 0, "heartbeat_interval": 1}
+    with pytest.raises(search.StorageUnavailableError,
+                       match=r"the study's storage postgresql\+psycopg://postgres@127.0.0.1:"
+                             r"\d+/search cannot be used \(.*\): every finished trial is kept "
+                             r"there; when it is back, run the same call again"):
+        search.run_study(stops_the_server, search.BOOK_SPACE, 5, **kw)
+    with pytest.raises(search.StorageUnavailableError, match="cannot be used"):
+        search.run_study(toy, search.BOOK_SPACE, 5, **kw)  # still down
+    cluster.start("-c listen_addresses=127.0.0.1")
+    study = search.run_study(toy, search.BOOK_SPACE, 5, **kw)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 5 and [t.number for t in done[:2]] == [0, 1]
