@@ -248,7 +248,7 @@ def test_two_processes_started_together_on_a_fresh_database(tmp_path, postgres_u
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="book", storage=search.storage(url))
     assert states(study) == [TrialState.COMPLETE] * 6
