@@ -50,7 +50,9 @@ _override: str | None = None
 _last: dict[str, str] = {}
 _calls: Counter = Counter()
 _modules: dict[str, object] = {}
-_cuda_error: str | None = None
+_cuda_error: str | None = None  # why numba.cuda cannot be used at all (None: it can)
+_cuda_failed: dict[str, str] = {}  # kernel name → why its first compile/launch failed
+_cuda_launched: set = set()  # kernels launched once without error
 
 
 # -- the table: reference function → kernels
@@ -203,9 +205,7 @@ def _cuda_ok() -> bool:
     if _cuda_error is not None:
         return False
     try:
-        from numba import cuda
-
-        if not cuda.is_available():
+        if not numba_cuda().is_available():
             raise RuntimeError("numba.cuda.is_available() is False")
         return True
     except Exception as exc:  # ImportError (no numba-cuda), driver or toolkit problems
@@ -213,6 +213,20 @@ def _cuda_ok() -> bool:
         log.warning("accel: CUDA kernels unavailable (%s); using the CuPy reference. "
                     "Install numba-cuda, e.g. pip install 'accel-dlfs[cuda12]'", _cuda_error)
         return False
+
+
+def numba_cuda():
+    """``numba.cuda``, imported through ``accel.kernels.cuda_jit`` (its one import point)."""
+    return importlib.import_module("accel.kernels.cuda_jit").cuda
+
+
+def cuda_failures() -> dict:
+    """kernel name → why its first CUDA compile or launch failed (those take the reference);
+    ``"*"`` when numba.cuda itself is unusable here."""
+    out = dict(_cuda_failed)
+    if _cuda_error is not None:
+        out["*"] = _cuda_error
+    return out
 
 
 def kernels(family: str, target: str):
@@ -242,44 +256,47 @@ def route(reference, *arrays) -> str | None:
 
 
 def launch_cuda(kernel, launch, *args) -> bool:
-    """Launch a CUDA kernel with ``launch`` = (blocks, threads) on CuPy's current stream.
+    """Launch a CUDA kernel with ``launch`` = (blocks, threads); on CuPy's current stream when
+    the arrays are CuPy's (the simulator's NumPy arrays take Numba's default stream).
 
-    False (nothing ran) when Numba cannot compile the kernel for this GPU or toolkit: the
-    error is logged once and every later call takes the CuPy reference, so a kernel that
-    fails to build costs speed, not the run.
+    The first launch of each kernel compiles it: any exception there (Numba typing or
+    lowering, NVVM, the driver, CuPy) is logged once with the reason, the kernel is marked
+    failed (``cuda_failures()``) and False is returned: this and every later call take the
+    reference, so a kernel that cannot build here costs speed, not the run. After a first
+    launch that worked, errors are real errors and propagate.
     """
-    global _cuda_error
     blocks, threads = launch
     if not blocks:
         return True
-    stream = _cupy_stream()
-    from numba.core.errors import NumbaError
-
+    name = getattr(kernel, "__name__", repr(kernel))
+    if name in _cuda_failed:
+        return False
+    first = name not in _cuda_launched
     try:
+        stream = _cupy_stream() if is_cupy(args[0]) else None
         if stream is None:
             kernel[blocks, threads](*args)
         else:
             kernel[blocks, threads, stream](*args)
-    except NumbaError as exc:  # typing/lowering/linking: raised before the kernel runs
-        _cuda_error = f"{type(exc).__name__}: {exc}"
-        log.warning("accel: CUDA kernel %s failed to compile (%s); using the CuPy reference",
-                    getattr(kernel, "__name__", kernel), _cuda_error)
+    except Exception as exc:
+        if not first:
+            raise
+        _cuda_failed[name] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+        log.warning("accel: CUDA kernel %s failed on its first launch (%s); it takes the "
+                    "reference from now on", name, _cuda_failed[name])
         return False
+    _cuda_launched.add(name)
     return True
 
 
 def _cupy_stream():
-    """CuPy's current stream as a Numba stream (None: the default stream, or no CuPy)."""
-    try:
-        import cupy
-    except ImportError:
-        return None
+    """CuPy's current stream as a Numba stream (None: CuPy's default stream)."""
+    import cupy
+
     ptr = cupy.cuda.get_current_stream().ptr
     if not ptr:
         return None
-    from numba import cuda
-
-    return cuda.external_stream(ptr)
+    return numba_cuda().external_stream(ptr)
 
 
 # -- argument preparation (both paths)

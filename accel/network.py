@@ -150,6 +150,11 @@ class MultiLayerNet:
         """Cross-entropy + ½·weight_decay·ΣW², as a Python float."""
         return float(self._loss(*self.prepare(x, t), train))
 
+    def forward_loss(self, x, t, train: bool = False):
+        """``loss`` of prepared ``x``, ``t`` (see ``prepare``; nothing is checked) as a 0-d
+        array on the device: nothing is read back (the trainer's after-update loss)."""
+        return self._loss(x, t, train)
+
     def _loss(self, x, t, train):
         loss = self.last_layer.forward(self._predict(x, train), t, check=False)
         if self.weight_decay:

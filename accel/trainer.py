@@ -216,7 +216,7 @@ class Trainer:
                 x, t = self.x_train[idx], self.t_train[idx]
                 losses.append(self.step(x, t))
                 if self.record_loss == "after_update":  # the book's trainer
-                    losses[-1] = self.network.loss(x, t)
+                    losses[-1] = self.network.forward_loss(x, t)
                 if bar is not None:
                     bar.update(1)
                     if h.iterations % 20 == 0:

@@ -9,9 +9,7 @@ scalars are cast once to the buffers' dtype (``f = p.dtype.type``) and the math 
 
 import math
 
-from numba import cuda
-
-from .cuda_jit import grid_stride, jit
+from .cuda_jit import cuda, grid_stride, jit
 
 
 @jit

@@ -35,6 +35,7 @@ def report(tmp_path_factory):
     path = out / "gpu_check-compile-only.json"
     assert path.exists(), proc.stdout + proc.stderr
     rep = json.loads(path.read_text())
+    rep["compile"] = rep["stages"]["compile"]
     problem = rep["compile"]["nvvm_problem"]
     if problem:
         pytest.fail(f"cannot compile CUDA kernels: {problem} (set {OPT_OUT}=1 to opt out)")

@@ -313,36 +313,66 @@ def test_batchnorm_layer_takes_the_kernels():
     assert_close(fused.forward(x), ref.forward(x), rtol=2e-5, atol=2e-5)
 
 
-def test_cuda_compile_failure_falls_back_to_the_reference(monkeypatch, caplog):
-    """A CUDA kernel Numba cannot build costs speed, not the run: logged, reference used."""
-    from numba.core.errors import TypingError
+class _Kernel:
+    """A stand-in CUDA kernel: ``kernel[blocks, threads](*args)`` raises ``error``, if any."""
 
-    class Unbuildable:
-        __name__ = "adam"
+    def __init__(self, name, error=None):
+        self.__name__, self.error, self.launches = name, error, 0
 
-        def __getitem__(self, launch):
-            def run(*args):
-                raise TypingError("cannot type this kernel")
-            return run
+    def __getitem__(self, launch):
+        def run(*args):
+            self.launches += 1
+            if self.error is not None:
+                raise self.error
+        return run
+
+
+@pytest.mark.parametrize("error", [
+    "TypingError('cannot type this kernel')",
+    # what numba-cuda raised with NumPy 2.5 before accel restored np.row_stack: not a NumbaError
+    "AttributeError(\"module 'numpy' has no attribute 'row_stack'\")",
+    "RuntimeError('NVVM_ERROR_COMPILATION')",
+])
+def test_cuda_first_launch_failure_falls_back_to_the_reference(monkeypatch, caplog, error):
+    """Any exception on a CUDA kernel's first compile/launch costs speed, not the run: logged
+    once with the reason, reported by cuda_failures(), and the reference does the work."""
+    from numba.core.errors import TypingError  # noqa: F401  (named in the parametrization)
 
     monkeypatch.setattr(dispatch, "_cuda_error", None)
-    monkeypatch.setattr(dispatch, "_cupy_stream", lambda: None)
+    monkeypatch.setattr(dispatch, "_cuda_failed", {})
+    monkeypatch.setattr(dispatch, "_cuda_launched", set())
     rng = np.random.default_rng(0)
     p = rng.standard_normal((6, 5))
     g = rng.standard_normal((6, 5))
     expected, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
     scalars = (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0)
     functional.adam(expected, g, m.copy(), v.copy(), *scalars)
-    assert not dispatch.launch_cuda(Unbuildable(), (1, 32), p, g)
-    assert "failed to compile" in caplog.text and dispatch._cuda_error.startswith("TypingError")
+    broken = _Kernel("adam", eval(error))
+    assert not dispatch.launch_cuda(broken, (1, 32), p, g)
+    assert "adam failed on its first launch" in caplog.text
+    assert dispatch.cuda_failures() == {"adam": f"{type(broken.error).__name__}: "
+                                                f"{broken.error}"}
+    assert not dispatch.launch_cuda(broken, (1, 32), p, g) and broken.launches == 1
     # the optimizer path: a kernel that fails to build leaves the reference to do the step
     monkeypatch.setattr(dispatch, "_target", lambda a: "cuda")
     monkeypatch.setattr(dispatch, "kernels", lambda kind, target: type(
-        "M", (), {"KERNELS": {"adam": Unbuildable()}, "launch": staticmethod(
+        "M", (), {"KERNELS": {"adam": broken}, "launch": staticmethod(
             lambda name, p, *a: (1, 32))}))
     dispatch.optimizer_step(functional.adam, p, g, (m, v), scalars)
     assert dispatch.last_path("adam") == "reference"
     np.testing.assert_array_equal(p, expected)
+
+
+def test_cuda_errors_after_a_good_first_launch_propagate(monkeypatch):
+    monkeypatch.setattr(dispatch, "_cuda_failed", {})
+    monkeypatch.setattr(dispatch, "_cuda_launched", set())
+    kernel = _Kernel("sgd")
+    p = np.zeros(3)
+    assert dispatch.launch_cuda(kernel, (1, 32), p) and kernel.launches == 1
+    kernel.error = RuntimeError("an illegal memory access was encountered")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        dispatch.launch_cuda(kernel, (1, 32), p)
+    assert dispatch.cuda_failures() == {}
 
 
 # -- layers: bias + activation, its backward, softmax + cross-entropy
