@@ -20,6 +20,7 @@ from .layers import (
     Sigmoid,
     SoftmaxWithLoss,
     Tanh,
+    reuse_outputs,
 )
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -98,6 +99,7 @@ class MultiLayerNet:
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
         self.last_layer = SoftmaxWithLoss()
         self.passes = _fuse(self.layers)
+        reuse_outputs([*self.layers, self.last_layer])  # each consumed within its step
 
     def __repr__(self) -> str:
         return (f"MultiLayerNet(sizes={self.sizes}, activation={self.activation!r}, "

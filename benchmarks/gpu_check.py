@@ -68,7 +68,7 @@ SCALARS = {
     "nesterov": (0.05, 0.8, 1e-3),
     "adagrad": (0.05, 1e-7, 0.0),
     "rmsprop": (0.01, 0.99, 1e-7, 1e-3),
-    "adam": (0.9, 0.999, 1e-8, 0.01, 1.3, 1e-2, 0.999),
+    "adam": (0.9, 0.999, 1e-8, 0.01, 7, True, 1e-2, 0.999),
     "batchnorm_forward_train": (0.9, 1e-5),
     "batchnorm_forward_eval": (1e-5,),
     "batchnorm_backward": (),
@@ -223,7 +223,7 @@ def stage_bench(quick, emit):
     from accel import dispatch, functional
 
     rows = []
-    scalars = (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0)
     for n in ([10**6] if quick else [10**6, 10**7, 10**8]):
         p = cp.random.standard_normal(n, dtype=cp.float32)
         g = cp.random.standard_normal(n, dtype=cp.float32) * 1e-3

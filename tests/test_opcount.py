@@ -184,8 +184,7 @@ def test_every_trainer_and_network_option_runs_on_the_counting_backend(option, t
         return net, history
 
     counted, h_counted = fit(opcount.backend(), tmp_path / "counted")
-    with dispatch.use("reference"):  # the path the counting arrays take outside a Count
-        plain, h_plain = fit("numpy", tmp_path / "plain")
+    plain, h_plain = fit("numpy", tmp_path / "plain")
     np.testing.assert_array_equal(accel.to_numpy(counted.params.flat), plain.params.flat)
     np.testing.assert_array_equal(accel.to_numpy(counted.buffers.flat), plain.buffers.flat)
     assert h_counted.train_loss == h_plain.train_loss
@@ -193,3 +192,38 @@ def test_every_trainer_and_network_option_runs_on_the_counting_backend(option, t
     if trainer_kw.get("checkpoint_dir"):  # the counted run's checkpoint resumes on NumPy
         resumed = MultiLayerNet.load(tmp_path / "counted" / "last.npz", backend="numpy")
         np.testing.assert_array_equal(resumed.params.flat, plain.params.flat)
+
+
+# -- a training step reads nothing back from the device
+
+
+@pytest.mark.parametrize("net_kw", [{}, dict(batchnorm=True, dropout=0.2)],
+                         ids=["plain", "batchnorm+dropout"])
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_a_training_step_reads_nothing_from_the_device(net_kw, mode):
+    """Counted on the counting backend (a stand-in for a GPU): no float/bool/item/format of a
+    device array and no conversion to NumPy inside Trainer.step, and a whole fit() reads the
+    device as often with 4 steps an epoch as with 16 (at the epoch's end, not per step)."""
+    rng = np.random.default_rng(0)
+
+    def reads(batch_size):
+        x, t = rng.standard_normal((64, 6)).astype(np.float32), rng.integers(0, 3, 64)
+        net = MultiLayerNet(6, [5, 4], 3, backend=opcount.backend(), seed=0, **net_kw)
+        trainer = accel.Trainer(net, optim.Adam(lr=1e-2), x, t, x[:8], t[:8], epochs=2,
+                                batch_size=batch_size, seed=0, verbose=False,
+                                on_nonfinite=mode)
+        step, in_steps = trainer.step, opcount.Count()
+
+        def counted_step(x, t):
+            with in_steps:
+                return step(x, t)
+
+        trainer.step = counted_step
+        with opcount.Count() as whole:
+            trainer.fit()
+        assert trainer.history.iterations == 2 * 64 // batch_size
+        assert in_steps.total > 0 and sum(in_steps.host_reads.values()) == 0, \
+            dict(in_steps.host_reads)
+        return whole.host_reads
+
+    assert reads(16) == reads(4)
