@@ -307,7 +307,8 @@ def _parse_url(url):
     try:
         importlib.import_module(driver)
     except ImportError:
-        how = "pip install 'accel-dlfs[postgres]'" if driver == "psycopg" else \
+        how = "install accel's [postgres] extra: pip install -e '.[postgres]' in a clone " \
+            "of accel, or pip install 'psycopg[binary]'" if driver == "psycopg" else \
             f"pip install {driver}"
         raise ModuleNotFoundError(f"storage url {_shown(url)!r} needs the PostgreSQL driver "
                                   f"{driver!r}, which is not installed: {how}") from None

@@ -264,7 +264,8 @@ def test_a_missing_driver_is_one_line_naming_the_extra(monkeypatch):
     with pytest.raises(ModuleNotFoundError) as info:
         search.storage("postgresql+psycopg://accel@db.example:5432/search")
     msg = str(info.value)
-    assert "pip install 'accel-dlfs[postgres]'" in msg and "\n" not in msg
+    assert "install accel's [postgres] extra: pip install -e '.[postgres]'" in msg
+    assert "\n" not in msg
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
@@ -314,3 +315,89 @@ def test_a_server_stopped_mid_study_says_run_it_again(cluster):
     study = search.run_study(toy, search.BOOK_SPACE, 5, **kw)
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 5 and [t.number for t in done[:2]] == [0, 1]
+
+
+# -- 11: the README's several-machines recipe, followed literally
+
+
+def _readme_recipe():
+    """The three bash blocks of the README's several-machines recipe: the server's setup (as
+    the postgres OS user), each machine's setup, the command each machine runs."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**Workers and machines.**"):
+                   text.index("**What workers and pruning buy**")]
+    blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2]]
+    assert len(blocks) == 3
+    return [[line for line in b.replace("\\\n", " ").splitlines() if line.strip()]
+            for b in blocks]
+
+
+def _own_address() -> str:
+    """This machine's address on its network (as machine B would reach machine A), else
+    the loopback address."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True,
+                             timeout=10).stdout.split()
+    except OSError:
+        out = []
+    return next((a for a in out if a.count(".") == 3 and not a.startswith("127.")),
+                "127.0.0.1")
+
+
+@pytest.mark.slow
+def test_the_readme_postgresql_recipe(tmp_path, data_dir):
+    """A fresh server with Debian's authentication defaults (peer on the socket,
+    scram-sha-256 over TCP, listening on localhost only), set up by the README's commands
+    run as written, then two processes of the README's command started at once (--quick),
+    connecting to the machine's network address, not the loopback."""
+    import pg
+
+    server, client, command = _readme_recipe()
+    try:
+        cluster = pg.Cluster()
+        cluster.initdb("--auth-local=peer", "--auth-host=scram-sha-256")
+        cluster.start()
+    except pg.Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        ip = _own_address()
+        subs = {"192.168.1.0/24": f"{ip}/32", "machine-a:5432": f"{ip}:{cluster.port}"}
+
+        def literal(line):
+            for k, v in subs.items():
+                line = line.replace(k, v)
+            return line
+
+        for line in server:  # as the postgres OS user
+            r = cluster.run("bash", "-c", literal(line), env=cluster.env)
+            assert r.returncode == 0, (line, r.stderr)
+        # "pg_ctl restart -D <its data folder>" (its log to a file: not to our pipe)
+        r = cluster.run(cluster.bin["pg_ctl"], "restart", "-D", str(cluster.data), "-w",
+                        "-l", str(cluster.tmp / "log"))
+        assert r.returncode == 0, r.stderr
+        home = tmp_path / "home"
+        home.mkdir()
+        env = dict(os.environ, HOME=str(home), ACCEL_DATA_DIR=str(data_dir))
+        for line in client:
+            if line.startswith("pip install"):
+                continue  # this environment has the extra already
+            r = subprocess.run(["bash", "-c", literal(line)], env=env, capture_output=True,
+                               text=True, timeout=60)
+            assert r.returncode == 0, (line, r.stderr)
+        (line,) = command
+        argv = literal(line).split()
+        assert argv[0] == "python"
+        procs = [subprocess.Popen([sys.executable, *argv[1:], "--quick", "--backend", "numpy",
+                                   "--out", str(tmp_path / f"out{i}")], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+        for p, out in zip(procs, outs):
+            assert p.returncode == 0, out[-3000:]
+        url = cluster.url("search", "accel", "choose-a-password").replace("127.0.0.1", ip)
+        study = optuna.load_study(study_name="book", storage=search.storage(url))
+        assert states(study) == [TrialState.COMPLETE] * 6  # --quick: 6 trials in all
+        workers = {t.user_attrs["worker"] for t in study.trials}
+        assert len(workers) >= 2
+    finally:
+        cluster.remove()
