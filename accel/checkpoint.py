@@ -46,6 +46,7 @@ except ImportError:  # not on Windows: no directory lock there
 
 import numpy as np
 
+from . import checks
 from .backend import array_module, to_numpy
 
 FORMAT = "accel-checkpoint"
@@ -139,7 +140,10 @@ def save(path, state: dict, kind: str, *, lock: DirectoryLock | None = None) -> 
     A folder that has a lock file (a Trainer's checkpoint folder) is written only under its
     lock: ``lock`` when the caller holds it, else taken for this write (DirectoryInUseError
     when another run holds it)."""
-    path = Path(path)
+    path = Path(checks.path("path", path))
+    if path.is_dir():
+        raise IsADirectoryError(f"path {str(path)!r} is a folder: give a file name in it, e.g. "
+                                f"{str(path / 'checkpoint.npz')!r}")
     folder = path.parent if str(path.parent) else Path(".")
     if (lock is None or not lock.holds(folder)) and (folder / LOCK_NAME).exists():
         with DirectoryLock(folder) as held:
@@ -280,7 +284,7 @@ def load(path) -> dict:
 
     Raises FileNotFoundError when there is no file, CheckpointError for anything wrong
     inside it."""
-    path = Path(path)
+    path = Path(checks.path("path", path))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     with open(path, "rb") as f:

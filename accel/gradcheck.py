@@ -22,7 +22,11 @@ def relative_difference(g, g_num, atol: float = 1e-8) -> float:
     a two-sided difference (≈ ε·|J|/h per element), as for the bias of a layer followed by
     BatchNorm, where the ratio of two noises would score a meaningless ~1.
     """
+    checks.non_negative("atol", atol)
     g, g_num = to_numpy(g), to_numpy(g_num)
+    for name, a in (("g", g), ("g_num", g_num)):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be an array of numbers, got dtype {a.dtype}")
     if g.shape != g_num.shape:
         raise ValueError(f"g and g_num must have the same shape, got {g.shape} and "
                          f"{g_num.shape}")
@@ -45,6 +49,7 @@ def verdict(diff: float) -> str:
 def numerical_gradient(f, x, h: float = 1e-5):
     """Two-sided difference of the scalar function ``f()`` w.r.t. the array ``x``, which ``f``
     reads; ``x`` is perturbed in place one element at a time and restored exactly."""
+    checks.callable_("f", f)
     checks.positive("h", h)
     if not hasattr(x, "dtype") or x.dtype.kind != "f":
         raise TypeError(f"x must be a float array (perturbed in place), got "
@@ -91,6 +96,10 @@ def check_network(network, x, t, h: float = 1e-5) -> GradCheckResult:
     evaluation, but the train-mode loss does not read them, so the check stays exact.
     """
     checks.positive("h", h)
+    if not all(hasattr(network, a) for a in ("dtype", "dropout", "prepare", "loss_and_grads",
+                                             "params")):
+        raise TypeError(f"network must be a network such as accel.MultiLayerNet(...), got "
+                        f"{network!r:.200}")
     if network.dtype != np.float64:
         raise TypeError(f"gradient checking needs dtype float64, the network has "
                         f"{network.dtype} (build it with dtype=np.float64)")

@@ -27,6 +27,8 @@ ALIASES = {"sigmoid": "xavier", "relu": "he"}
 
 def weight_std(weight_init, n_in: int, n_out: int) -> float:
     """The standard deviation for a (n_in, n_out) weight matrix."""
+    checks.integer("n_in", n_in, low=1)
+    checks.integer("n_out", n_out, low=1)
     if isinstance(weight_init, numbers.Real) and not isinstance(weight_init, bool):
         return checks.number("weight_init std", weight_init, low=0)
     if isinstance(weight_init, str):

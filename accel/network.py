@@ -65,8 +65,14 @@ class MultiLayerNet:
 
         shapes = param_shapes(sizes, self.batchnorm)
         layout = [k for k in shapes if k[0] == "W"] + [k for k in shapes if k[0] != "W"]
-        self.params = allocate(xp, shapes, self.dtype, layout)
-        self.grads = allocate(xp, shapes, self.dtype, layout)
+        try:
+            self.params = allocate(xp, shapes, self.dtype, layout)
+            self.grads = allocate(xp, shapes, self.dtype, layout)
+        except (ValueError, MemoryError) as exc:  # sizes no memory can hold
+            n = sum(int(np.prod(shape, dtype=object)) for shape in shapes.values())
+            raise ValueError(f"input_size, hidden_sizes, output_size = {sizes[0]}, "
+                             f"{sizes[1:-1]}, {sizes[-1]} give {n} parameters, too many to "
+                             f"allocate ({exc})") from None
         self.n_weights = sum(self.params[f"W{i}"].size for i in range(1, len(sizes)))
         # BatchNorm's running statistics: not parameters, but one flat buffer too, so the
         # non-finite guard checks (and a skipped step restores) them in one operation.
@@ -109,19 +115,32 @@ class MultiLayerNet:
 
     # -- the public pair the trainer, gradcheck and the benchmarks use
 
-    def prepare(self, x, t=None):
+    def prepare(self, x, t=None, *, names=("x", "t")):
         """``x`` (and ``t``) checked and on this network's device and dtype: float features of
         the input size (other float precisions cast, integers refused), labels as class ids in
-        range or one-hot rows. Returns x, or (x, t) when ``t`` is given. Check data once with
-        this, then train on it with ``loss_and_grads``."""
-        x = checks.array("x", self.backend.asarray(x), dtype=self.dtype)
+        range or one-hot rows (cast to the network's dtype). Returns x, or (x, t) when ``t``
+        is given. Check data once with this, then train on it with ``loss_and_grads``.
+        ``names`` are what error messages call x and t."""
+        x = checks.array(names[0], _asarray(self.backend, names[0], x), dtype=self.dtype)
         n_in = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
         if n_in != self.sizes[0]:
-            raise ValueError(f"x must have {self.sizes[0]} features per sample, "
+            raise ValueError(f"{names[0]} must have {self.sizes[0]} features per sample, "
                              f"got shape {tuple(x.shape)}")
         if t is None:
             return x
-        return x, checks.labels("t", self.backend.asarray(t), x.shape[0], self.sizes[-1])
+        t = checks.labels(names[1], _asarray(self.backend, names[1], t), x.shape[0],
+                          self.sizes[-1])
+        if t.ndim == 2 and t.dtype != self.dtype:  # bool or integer one-hot rows
+            t = t.astype(self.dtype)
+        return x, t
+
+    def _prepare_pair(self, x, t):
+        """``prepare(x, t)`` for the calls that need labels: None is refused, not read as
+        "no labels"."""
+        if t is None:
+            raise TypeError("t must be the labels (class ids of shape (n,) or one-hot rows), "
+                            "got None")
+        return self.prepare(x, t)
 
     def loss_and_grads(self, x, t):
         """(loss, grads) of one training step on prepared ``x``, ``t`` (see ``prepare``;
@@ -141,7 +160,7 @@ class MultiLayerNet:
 
     def predict(self, x, train: bool = False):
         """Scores (N, output_size) before the softmax."""
-        return self._predict(self.prepare(x), train)
+        return self._predict(self.prepare(x), checks.boolean("train", train))
 
     def _predict(self, x, train):
         for layer in self.passes:
@@ -150,7 +169,7 @@ class MultiLayerNet:
 
     def loss(self, x, t, train: bool = False) -> float:
         """Cross-entropy + ½·weight_decay·ΣW², as a Python float."""
-        return float(self._loss(*self.prepare(x, t), train))
+        return float(self._loss(*self._prepare_pair(x, t), checks.boolean("train", train)))
 
     def forward_loss(self, x, t, train: bool = False):
         """``loss`` of prepared ``x``, ``t`` (see ``prepare``; nothing is checked) as a 0-d
@@ -167,7 +186,7 @@ class MultiLayerNet:
     def accuracy(self, x, t, batch_size: int = 4096) -> float:
         """Fraction of samples whose highest score is the true class (evaluated in batches)."""
         checks.positive("batch_size", batch_size, integer=True)
-        x, t = self.prepare(x, t)
+        x, t = self._prepare_pair(x, t)
         if t.ndim == 2:
             t = t.argmax(axis=1)
         correct = 0
@@ -179,7 +198,7 @@ class MultiLayerNet:
     def gradient(self, x, t):
         """Backpropagated gradients of ``loss(x, t, train=True)``: a dict like ``params``,
         of views into the flat gradient buffer ``grads.flat`` (refilled by every call)."""
-        return self.loss_and_grads(*self.prepare(x, t))[1]
+        return self.loss_and_grads(*self._prepare_pair(x, t))[1]
 
     # -- state that is not a parameter
 
@@ -251,6 +270,8 @@ class MultiLayerNet:
             a = state.get(sec, {}).get(name) if isinstance(state.get(sec), dict) else None
             if a is None:
                 raise ValueError(f"array {sec}/{name} is missing")
+            if not (hasattr(a, "shape") and hasattr(a, "dtype")) or np.isscalar(a):
+                raise TypeError(f"{sec}/{name} must be an array, got {a!r:.100}")
             if a.shape != target.shape or a.dtype != target.dtype:
                 raise ValueError(f"array {sec}/{name} is {a.dtype} {a.shape}, this network "
                                  f"needs {target.dtype} {target.shape}")
@@ -260,14 +281,17 @@ class MultiLayerNet:
         """Write the architecture, parameters, BatchNorm running statistics and dropout
         generator state to ``path`` (a .npz with a JSON header, written atomically; see
         ``accel.checkpoint``). Returns the path. ``MultiLayerNet.load(path)`` reads it."""
-        return checkpoint.save(path, {"network": self.state_dict()}, kind="network")
+        return checkpoint.save(checks.path("path", path), {"network": self.state_dict()},
+                               kind="network")
 
     @classmethod
     def load(cls, path, backend=None) -> MultiLayerNet:
         """The network saved at ``path`` by ``save`` (or inside a Trainer checkpoint), on
         ``backend`` (default "auto"; a file saved on CuPy loads on NumPy and back).
         Raises FileNotFoundError or ``accel.checkpoint.CheckpointError`` naming the file."""
-        section = checkpoint.section(checkpoint.load(path), "network", path, "network")
+        backend = get_backend(backend)  # a bad backend is the caller's, not the file's
+        section = checkpoint.section(checkpoint.load(checks.path("path", path)), "network",
+                                     path, "network")
         config = section.get("config")
         if not isinstance(config, dict):
             raise checkpoint.CheckpointError(f"{path}: the network section has no config")
@@ -287,6 +311,19 @@ class MultiLayerNet:
             raise checkpoint.CheckpointError(f"{path}: bad network config ({exc})") from exc
         checkpoint.restore(net, section, path)
         return net
+
+
+def _asarray(backend, name, a):
+    """``a`` as an array of ``backend``; what cannot be one (None, a dict, ragged lists) is
+    refused naming ``name``."""
+    try:
+        out = backend.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array of numbers, got {a!r:.100} ({exc})") from None
+    if out.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of numbers, got {a!r:.100} (dtype "
+                        f"{out.dtype})")
+    return out
 
 
 def _sizes(input_size, hidden_sizes, output_size) -> list:

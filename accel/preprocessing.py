@@ -91,6 +91,7 @@ class PCAWhitening:
 
     def __init__(self, n_components: int | None = None, eps: float = 1e-5, zca: bool = False):
         checks.optional(checks.integer, "n_components", n_components, low=1)
+        checks.boolean("zca", zca)
         if zca and n_components is not None:
             raise ValueError("zca=True keeps every component; leave n_components=None")
         self.n_components = n_components
@@ -146,9 +147,14 @@ class PCAWhitening:
 def one_hot(t, n_classes: int, dtype=np.float32):
     """Integer class ids ``t`` of shape (n,) as one-hot rows of shape (n, n_classes)."""
     checks.integer("n_classes", n_classes, low=1)
+    dtype = checks.dtype("dtype", dtype)
     xp = array_module(t)
     t = checks.class_ids("t", t, n_classes)
-    out = xp.zeros((t.shape[0], n_classes), dtype=dtype)
+    try:
+        out = xp.zeros((t.shape[0], n_classes), dtype=dtype)
+    except (ValueError, MemoryError) as exc:
+        raise ValueError(f"n_classes={n_classes} one-hot rows of {t.shape[0]} samples do not "
+                         f"fit in memory ({exc})") from None
     out[xp.arange(t.shape[0]), t] = 1
     return out
 

@@ -26,7 +26,16 @@ class Schedule:
         self.lr0 = float(checks.positive("lr0", lr0))
 
     def __call__(self, epoch) -> float:
-        return self.lr(checks.number("epoch", epoch, low=0))
+        """lr at ``epoch``; ValueError naming this schedule when it is not a positive number
+        there (it decayed to 0, or overflowed)."""
+        try:
+            lr = self.lr(checks.number("epoch", epoch, low=0))
+        except OverflowError:
+            lr = math.inf
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{self!r} gives lr = {lr} at epoch {epoch!r}: an lr must be a "
+                             "positive finite number")
+        return lr
 
     def lr(self, epoch) -> float:
         raise NotImplementedError

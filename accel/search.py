@@ -144,6 +144,8 @@ def _check_space(space):
 
 def suggest(trial, space: dict) -> dict:
     """{name: value}, each drawn by ``trial.suggest_*`` from its distribution in ``space``."""
+    if not callable(getattr(trial, "suggest_float", None)):
+        raise TypeError(f"trial must be an Optuna trial, got {trial!r:.200}")
     out = {}
     for k, d in _check_space(space).items():
         if isinstance(d, FloatDistribution):
@@ -165,7 +167,10 @@ def trial_seed(seed, number: int, purpose: str = "sampler"):
     two trials share one: as in the book, each trial's network starts from its own random
     weights (identical starts would also tie the hopeless trials' accuracies, and a median
     pruner prunes only below the median)."""
-    if seed is None:
+    checks.integer("number", number, low=0)
+    if not isinstance(purpose, str):
+        raise TypeError(f"purpose must be a string such as 'training', got {purpose!r:.100}")
+    if checks.seed("seed", seed) is None:
         return None
     key = f"{seed}/{number}" if purpose == "sampler" else f"{seed}/{number}/{purpose}"
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little")
@@ -218,7 +223,7 @@ def sampler(name: str = "random", seed: int | None = None) -> optuna.samplers.Ba
     make = {"random": lambda s: optuna.samplers.RandomSampler(seed=s),
             "tpe": lambda s: optuna.samplers.TPESampler(seed=s)}
     if not isinstance(name, str) or name not in make:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+        raise ValueError(f"sampler name={name!r:.100} is not one of {SAMPLERS}")
     seed = checks.seed("seed", seed)
     if seed is None:
         return make[name](None)
@@ -236,7 +241,7 @@ def pruner(name: str = "none", *, epochs: int | None = None, startup_trials: int
     checks.integer("startup_trials", startup_trials, low=0)
     checks.integer("warmup_epochs", warmup_epochs, low=0)
     if name is not None and not isinstance(name, str):
-        raise ValueError(f"pruner must be one of {PRUNERS}, got {name!r}")
+        raise ValueError(f"pruner name={name!r:.100} is not one of {PRUNERS}")
     if name in (None, "none"):
         return optuna.pruners.NopPruner()
     if name == "median":
@@ -246,7 +251,7 @@ def pruner(name: str = "none", *, epochs: int | None = None, startup_trials: int
         return optuna.pruners.HyperbandPruner(min_resource=1,
                                               max_resource=epochs or "auto",
                                               reduction_factor=3)
-    raise ValueError(f"pruner must be one of {PRUNERS}, got {name!r}")
+    raise ValueError(f"pruner name={name!r:.100} is not one of {PRUNERS}")
 
 
 def storage(url: str | None = None, *, heartbeat_interval: int = 5,
@@ -278,16 +283,17 @@ def storage(url: str | None = None, *, heartbeat_interval: int = 5,
                 max_retry=max_retry))
 
 
-def _parse_url(url):
+def _parse_url(url, name="url"):
     """``url`` as a SQLAlchemy URL of a SQLite file or a PostgreSQL database whose driver is
-    installed; ValueError/TypeError/ModuleNotFoundError in one line otherwise."""
+    installed; ValueError/TypeError/ModuleNotFoundError in one line, calling it ``name``,
+    otherwise."""
     if not isinstance(url, str):
-        raise TypeError(f"storage url must be a string such as 'sqlite:///search.db', got "
-                        f"{url!r}")
+        raise TypeError(f"storage {name} must be a string such as 'sqlite:///search.db', got "
+                        f"{url!r:.200}")
     try:
         u = sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise ValueError(f"storage url {url!r} is not a database URL: use "
+        raise ValueError(f"storage {name}={url!r:.200} is not a database URL: use "
                          "'sqlite:///path/to/search.db' or "
                          "'postgresql+psycopg://user@host:5432/db'") from None
     backend = u.get_backend_name()
@@ -295,12 +301,12 @@ def _parse_url(url):
         db = u.database
         if db and db != ":memory:" and not db.startswith("file:") and \
                 not Path(db).expanduser().resolve().parent.is_dir():
-            raise ValueError(f"storage url {url!r}: the folder {str(Path(db).parent)!r} does "
-                             "not exist")
+            raise ValueError(f"storage {name}={url!r}: the folder {str(Path(db).parent)!r} "
+                             "does not exist")
         return u
     if backend != "postgresql":
-        raise ValueError(f"storage url {_shown(url)!r}: accel.search keeps studies in SQLite "
-                         f"or PostgreSQL, not {backend!r}")
+        raise ValueError(f"storage {name}={_shown(url)!r}: accel.search keeps studies in "
+                         f"SQLite or PostgreSQL, not {backend!r}")
     if u.drivername == "postgresql":  # SQLAlchemy's default would be psycopg2
         u = u.set(drivername="postgresql+psycopg")
     driver = u.get_driver_name()
@@ -310,7 +316,7 @@ def _parse_url(url):
         how = "install accel's [postgres] extra: pip install -e '.[postgres]' in a clone " \
             "of accel, or pip install 'psycopg[binary]'" if driver == "psycopg" else \
             f"pip install {driver}"
-        raise ModuleNotFoundError(f"storage url {_shown(url)!r} needs the PostgreSQL driver "
+        raise ModuleNotFoundError(f"storage {name}={_shown(url)!r} needs the PostgreSQL driver "
                                   f"{driver!r}, which is not installed: {how}") from None
     return u
 
@@ -477,6 +483,7 @@ def pruning_hook(trial, metric: str = "val_acc", keep=("val_acc", "train_acc")):
 def epochs_run(trial) -> int:
     """Epochs a finished trial trained: its last reported step (a trial that reported
     nothing: its "epochs" user attribute, else 0)."""
+    _check_trials([trial], "trial")
     if trial.intermediate_values:
         return max(trial.intermediate_values)
     return int(trial.user_attrs.get("epochs", 0))
@@ -495,13 +502,19 @@ def _rank_key(trial, maximize):
     return (2, 0.0, trial.number)
 
 
-def _check_trials(trials) -> list:
-    if isinstance(trials, (str, bytes, dict)) or not hasattr(trials, "__iter__"):
-        raise TypeError(f"trials must be a list of Optuna FrozenTrials, got {trials!r:.200}")
-    trials = list(trials)
+def _check_trials(trials, name="trials") -> list:
+    """A list of Optuna FrozenTrials (TypeError naming ``name`` otherwise)."""
+    try:
+        if isinstance(trials, (str, bytes, dict)):
+            raise TypeError
+        trials = list(trials)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of Optuna FrozenTrials, got "
+                        f"{trials!r:.200}") from None
     for i, t in enumerate(trials):
         if not isinstance(t, optuna.trial.FrozenTrial):
-            raise TypeError(f"trials[{i}] must be an Optuna FrozenTrial, got {t!r:.200}")
+            what = name if name == "trial" else f"{name}[{i}]"
+            raise TypeError(f"{what} must be an Optuna FrozenTrial, got {t!r:.200}")
     return trials
 
 
@@ -521,7 +534,8 @@ def narrow(space: dict, trials, top: int, maximize: bool = True, margin: float =
     checks.number("margin", margin, low=0)
     best = [tr for tr in rank(trials, maximize)[:top] if _rank_key(tr, maximize)[0] == 0]
     if not best:
-        raise ValueError("no complete trial with a score to narrow around")
+        raise ValueError(f"trials holds no complete trial with a score to narrow around "
+                         f"({len(list(trials))} trials)")
     out = {}
     for k, d in space.items():
         missing = [tr.number for tr in best if k not in tr.params]
@@ -717,14 +731,14 @@ def run_study(objective, space: dict, n_trials: int, *, study_name: str = "searc
     returns NaN fails and another is drawn; more than ``max_failed`` (default ``n_trials``)
     such failures in one call raise TrialsFailedError. A database that stops answering raises
     StorageUnavailableError: the same call, run again, continues the study."""
-    if not callable(objective):
-        raise TypeError(f"objective must be callable as objective(params, trial), got "
-                        f"{objective!r}")
+    if isinstance(objective, type) or not callable(objective):
+        raise TypeError(f"objective must be a function objective(params, trial), got "
+                        f"{objective!r:.200}")
     _check_space(space)
     checks.integer("n_trials", n_trials, low=1)
     checks.integer("workers", workers, low=1)
     checks.optional(checks.integer, "max_failed", max_failed, low=0)
-    checks.optional(checks.integer, "blas_threads", blas_threads, low=1)
+    checks.optional(checks.integer, "blas_threads", blas_threads, low=1, high=2**31 - 1)
     checks.positive("poll", poll)
     direction = checks.one_of("direction", direction, DIRECTIONS)
     if not isinstance(study_name, str) or not study_name:
@@ -733,17 +747,23 @@ def run_study(objective, space: dict, n_trials: int, *, study_name: str = "searc
         raise TypeError(f"pruner_kwargs must be a dict, got {pruner_kwargs!r}")
     if attrs is not None and not isinstance(attrs, dict):
         raise TypeError(f"attrs must be a dict of JSON values, got {attrs!r}")
+    checks.one_of("sampler_name", sampler_name, SAMPLERS)
+    if pruner_name is not None:
+        checks.one_of("pruner_name", pruner_name, PRUNERS)
     sampler(sampler_name, seed)  # their checks, now rather than in each worker
-    pruner(pruner_name, **(pruner_kwargs or {}))
+    try:
+        pruner(pruner_name, **(pruner_kwargs or {}))
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"pruner_kwargs={pruner_kwargs!r:.200}: {exc}") from None
     checks.integer("heartbeat_interval", heartbeat_interval, low=1)
     checks.optional(checks.integer, "grace_period", grace_period, low=1)
     if storage_url is not None:
-        _parse_url(storage_url)
+        _parse_url(storage_url, "storage_url")
     if workers > 1:
         if storage_url is None or ":memory:" in storage_url or \
                 storage_url.rstrip("/") == "sqlite:":
-            raise ValueError("workers > 1 share the study through a storage: pass storage_url "
-                             "(e.g. 'sqlite:///search.db')")
+            raise ValueError(f"workers={workers} share the study through a storage: pass "
+                             "storage_url (e.g. 'sqlite:///search.db')")
         try:
             pickle.dumps(objective)
         except Exception as exc:
@@ -836,6 +856,9 @@ class SearchResult:
 
 
 def space_entry(d) -> dict:
+    """A distribution as JSON-ready data: {"kind", "low", "high", "log"} or {"choices"}."""
+    if not isinstance(d, (FloatDistribution, IntDistribution, CategoricalDistribution)):
+        raise TypeError(f"d must be an Optuna distribution, got {d!r:.200}")
     if isinstance(d, CategoricalDistribution):
         return {"kind": "choice", "choices": list(d.choices)}
     return {"kind": "log_uniform" if d.log else "uniform", "low": d.low, "high": d.high,
@@ -859,6 +882,7 @@ def random_search(objective, n_trials: int = 100, *, space: dict | None = None, 
     space = _check_space(BOOK_SPACE if space is None else space)
     checks.boolean("maximize", maximize)
     checks.number("margin", margin, low=0)
+    checks.optional(checks.integer, "narrow_top", narrow_top, low=1)
     rounds = rounds if rounds is not None else (2 if narrow_top else 1)
     checks.integer("rounds", rounds, low=1)
     if rounds > 1 and narrow_top is None:

@@ -17,4 +17,5 @@ def blas_threads(n: int = 1):
     (threadpoolctl's ``threadpool_limits``)."""
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(checks.positive("n", n, integer=True), user_api="blas")
+    # a C int in the BLAS library: 2**31 - 1 threads at most
+    return threadpool_limits(checks.integer("n", n, low=1, high=2**31 - 1), user_api="blas")

@@ -79,6 +79,10 @@ class Trainer:
                  checkpoint_dir=None, checkpoint_every=None, resume=None,
                  on_nonfinite="raise"):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
+        if isinstance(network, type) or not all(callable(getattr(network, m, None)) for m in (
+                "prepare", "loss_and_grads", "accuracy")):
+            raise TypeError(f"network must be a network such as accel.MultiLayerNet(...) (with "
+                            f"prepare, loss_and_grads and accuracy), got {network!r:.200}")
         if isinstance(optimizer, type) or not callable(getattr(optimizer, "update", None)):
             raise TypeError(f"optimizer must have an update(params, grads) method (an "
                             f"instance such as optim.Adam(lr=1e-3)), got {optimizer!r}")
@@ -87,15 +91,12 @@ class Trainer:
                 raise TypeError(f"{name} must be callable, got {fn!r}")
         self.on_evaluate = on_evaluate
         self.record_loss = checks.one_of("record_loss", record_loss, RECORD_LOSS)
-        if on_nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"on_nonfinite={on_nonfinite!r} is not one of {NONFINITE_MODES}")
+        on_nonfinite = checks.one_of("on_nonfinite", on_nonfinite, NONFINITE_MODES)
         if checkpoint_every is not None:
             checks.positive("checkpoint_every", checkpoint_every, integer=True)
             if checkpoint_dir is None:
                 raise ValueError(f"checkpoint_every={checkpoint_every!r} needs checkpoint_dir")
-        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise TypeError(f"checkpoint_dir must be a folder path (str or Path), got "
-                            f"{checkpoint_dir!r}")
+        checks.optional(checks.path, "checkpoint_dir", checkpoint_dir)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and \
                 not self.checkpoint_dir.is_dir():
@@ -112,16 +113,21 @@ class Trainer:
         self.evaluate_every = checks.positive("evaluate_every", evaluate_every, integer=True)
         self.verbose = verbose
         # Checked and moved to the device once, so the loop itself does no checking.
-        self.x_train, self.t_train = network.prepare(x_train, t_train)
+        if t_train is None:
+            raise TypeError("t_train must be the training labels, got None")
+        self.x_train, self.t_train = network.prepare(x_train, t_train,
+                                                     names=("x_train", "t_train"))
         if (x_test is None) != (t_test is None):
             raise ValueError("x_test and t_test must be given together")
-        self.test = None if x_test is None else network.prepare(x_test, t_test)
+        self.test = None if x_test is None else network.prepare(x_test, t_test,
+                                                                names=("x_test", "t_test"))
         if validation_data is not None and (
-                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
-            raise TypeError("validation_data must be a pair (x_val, t_val), got "
-                            f"{type(validation_data).__name__}")
+                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
+                or validation_data[1] is None):
+            raise TypeError(f"validation_data must be a pair (x_val, t_val), got "
+                            f"{validation_data!r:.200}")
         self.validation = None if validation_data is None else network.prepare(
-            *validation_data)
+            *validation_data, names=("validation_data[0]", "validation_data[1]"))
         if network.batchnorm and min(self.batch_size, self.n_train) < 2:
             raise ValueError(
                 f"a BatchNorm network needs batches of at least 2 samples (the variance of one "
@@ -150,6 +156,7 @@ class Trainer:
             return None
         if not isinstance(resume, (str, os.PathLike)):
             raise TypeError(f"resume must be a path or True, got {resume!r}")
+        checks.path("resume", resume)
         if not Path(resume).is_file():
             raise FileNotFoundError(f"resume={str(resume)!r}: no checkpoint file there")
         return resume
@@ -460,8 +467,7 @@ class Trainer:
     def save_checkpoint(self, path=None) -> Path:
         """Write a checkpoint (default ``checkpoint_path``) atomically, holding its folder's
         lock (DirectoryInUseError when another run writes there); returns its path."""
-        if path is not None and not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a file path (str or Path), got {path!r}")
+        checks.optional(checks.path, "path", path)
         path = self.checkpoint_path if path is None else Path(path)
         if path is None:
             raise ValueError("save_checkpoint needs a path when checkpoint_dir is not set")
