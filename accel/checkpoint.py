@@ -141,6 +141,8 @@ def save(path, state: dict, kind: str, *, lock: DirectoryLock | None = None) -> 
     lock: ``lock`` when the caller holds it, else taken for this write (DirectoryInUseError
     when another run holds it)."""
     path = Path(checks.path("path", path))
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict (a state_dict()), got {state!r:.100}")
     if path.is_dir():
         raise IsADirectoryError(f"path {str(path)!r} is a folder: give a file name in it, e.g. "
                                 f"{str(path / 'checkpoint.npz')!r}")

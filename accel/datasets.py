@@ -140,6 +140,8 @@ class DatasetNotFoundError(FileNotFoundError):
 def cache_dir(name: str | None = None) -> Path:
     """The user cache: ``$XDG_CACHE_HOME/accel`` (default ``~/.cache/accel``), or its
     ``<name>`` subfolder."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a dataset name (str), got {name!r:.100}")
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     root = Path(base).expanduser() / "accel"
     return root / name if name else root
@@ -147,6 +149,9 @@ def cache_dir(name: str | None = None) -> Path:
 
 def search_dirs(name: str, data_dir=None) -> list[tuple[str, Path]]:
     """The folders searched for dataset ``name``, in order, as (label, folder) pairs."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a dataset name (str), got {name!r:.100}")
+    checks.optional(checks.path, "data_dir", data_dir)
     dirs = []
     if data_dir is not None:
         folder = Path(data_dir).expanduser()

@@ -7,6 +7,7 @@ verdict bands: < 1e-7 fine, around 1e-5 look closer, > 1e-3 almost surely a bug.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,12 @@ def relative_difference(g, g_num, atol: float = 1e-8) -> float:
 
 
 def verdict(diff: float) -> str:
-    """The course's reading of a relative difference."""
+    """The course's reading of a relative difference (NaN reads "wrong")."""
+    if isinstance(diff, bool) or not isinstance(diff, numbers.Real):
+        raise TypeError(f"diff must be a relative difference (a number >= 0), got "
+                        f"{diff!r:.100}")
+    if diff < 0:
+        raise ValueError(f"diff must be >= 0, got {diff!r}")
     if diff < 1e-7:
         return "fine"
     if diff <= 1e-3:

@@ -24,6 +24,7 @@ import accel
 from accel import (
     MultiLayerNet,
     Trainer,
+    checkpoint,
     datasets,
     ewma,
     gradcheck,
@@ -317,6 +318,22 @@ SPECS = {
                   {"a": ANY, "backend": ANY, "dtype": ANY}),
     "blas_threads": (lambda **kw: accel.blas_threads(**kw), {}, {"n": BLAS_N}),
     "History.from_dict": (lambda **kw: History.from_dict(**kw), dict(d={}), {"d": ANY}),
+    "checkpoint.save": (lambda **kw: checkpoint.save(**kw),
+                        dict(path=FILES / "state.npz", state={"a": np.ones(2)}, kind="k"),
+                        {"path": ANY, "state": ANY}),
+    "checkpoint.load": (lambda **kw: checkpoint.load(**kw), dict(path=NET_FILE), {"path": ANY}),
+    "initializers.init_weight": (lambda **kw: initializers.init_weight(**kw),
+                                 dict(rng=np.random.default_rng(0), weight_init="he", n_in=4,
+                                      n_out=3, dtype=np.float32),
+                                 {"rng": ANY, "weight_init": ANY, "n_in": SIZE, "n_out": SIZE,
+                                  "dtype": FLOAT_DTYPE}),
+    "gradcheck.verdict": (lambda **kw: gradcheck.verdict(**kw), dict(diff=1e-9),
+                          {"diff": lambda v: None if isinstance(v, (float, np.floating))
+                           and not math.isfinite(v) else NONNEG(v)}),
+    "datasets.search_dirs": (lambda **kw: datasets.search_dirs(**kw), dict(name="mnist"),
+                             {"name": ANY, "data_dir": ANY}),
+    "datasets.cache_dir": (lambda **kw: datasets.cache_dir(**kw), {}, {"name": ANY}),
+    "synchronize": (lambda **kw: accel.backend.synchronize(**kw), {}, {"backend": ANY}),
 }
 
 # names a message may use for an argument instead of its own
