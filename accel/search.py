@@ -580,16 +580,20 @@ class _Objective:
             params = suggest(trial, self.space)
             out = self.objective(params, trial)
             score, info = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
-            if isinstance(score, bool) or not isinstance(score, numbers.Real):
+            try:  # a number, a NumPy scalar or a 0-d array (not a bool, not a string)
+                if isinstance(score, (bool, str, bytes)):
+                    raise TypeError
+                score = float(score)
+            except (TypeError, ValueError):
                 raise TypeError(f"the objective must return a number or (number, info dict), "
-                                f"got {out!r:.200}")
+                                f"got {out!r:.200}") from None
             if info is not None and not isinstance(info, dict):
                 raise TypeError(f"the objective's info must be a dict, got {info!r:.200}")
             for k, v in (info or {}).items():
                 trial.set_user_attr(k, v)
             if math.isnan(score):  # Optuna marks the trial FAIL; counted against max_failed
                 trial.set_user_attr("fail_reason", "the objective returned nan")
-            return float(score)
+            return score
         finally:
             self.lock.acquire()
 

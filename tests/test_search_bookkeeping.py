@@ -196,6 +196,18 @@ def test_an_objective_that_always_returns_nan_ends_with_a_clear_error(tmp_path):
     assert states(study).count(TrialState.FAIL) == 4
 
 
+def test_what_an_objective_may_return(tmp_path):
+    import numpy as np
+
+    for out in (0.5, np.float32(0.5), np.array(0.5), (0.5, {"curve": [1, 2]}), (0.5, None)):
+        study = search.run_study(lambda p, t, out=out: out, search.BOOK_SPACE, 1)
+        assert study.trials[0].value == 0.5
+    for out in (None, "0.5", True, [0.5], (0.5, 1, 2), (0.5, [1])):
+        with pytest.raises(TypeError, match="the objective must return a number or \\(number, "
+                                            "info dict\\)|info must be a dict"):
+            search.run_study(lambda p, t, out=out: out, search.BOOK_SPACE, 1)
+
+
 def test_nan_in_worker_processes_ends_with_the_same_error(tmp_path):
     with pytest.raises(search.TrialsFailedError, match="more than max_failed=2"):
         search.run_study(_nan, search.BOOK_SPACE, 4, study_name="w",
