@@ -35,6 +35,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import operator
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -56,8 +57,10 @@ FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PARALLEL_MIN = 1 << 18
 
 _override: str | None = None
+_switched = 0  # counts use() entries and exits: a plan made before a switch is remade
 _last: dict[str, str] = {}
 _calls: Counter = Counter()
+_logged: set = set()  # (op, path) pairs whose first use was logged
 _modules: dict[str, object] = {}
 _cuda_error: str | None = None  # why numba.cuda cannot be used at all (None: it can)
 _cuda_failed: dict[str, str] = {}  # kernel name → why its first compile/launch failed
@@ -175,7 +178,8 @@ _NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
 
 
 def mode() -> str:
-    """"fused" or "reference": ``use()``'s override, else env ACCEL_KERNELS (default fused)."""
+    """"fused" or "reference": ``use()``'s override, else env ACCEL_KERNELS (default fused;
+    read when a plan is made, so set it before the process trains)."""
     if _override is not None:
         return _override
     env = os.environ.get("ACCEL_KERNELS", "").strip().lower()
@@ -189,14 +193,16 @@ def mode() -> str:
 @contextlib.contextmanager
 def use(which: str):
     """Run a block on one path: ``with dispatch.use("reference"): ...``."""
-    global _override
+    global _override, _switched
     if which not in MODES:
         raise ValueError(f"use({which!r}): must be one of {MODES}")
     before, _override = _override, which
+    _switched += 1
     try:
         yield
     finally:
         _override = before
+        _switched += 1
 
 
 def last_path(op: str | None = None):
@@ -215,11 +221,16 @@ def reset_calls() -> None:
     _last.clear()
 
 
-def _record(op: str, path: str) -> None:
-    key = (op, path)
-    if key not in _calls:
+def _first_use(op: str, path: str) -> None:
+    """Log the first use of an (op, path) at INFO level."""
+    if (op, path) not in _logged:
+        _logged.add((op, path))
         log.info("accel: %s runs on the %s path", op, path)
-    _calls[key] += 1
+
+
+def _record(op: str, path: str) -> None:
+    _first_use(op, path)
+    _calls[(op, path)] += 1
     _last[op] = path
 
 
@@ -434,7 +445,7 @@ class Plan:
         self.last = list(arrays)
         converted, written = _converted(op, self.names, plain)
         self.direct = not written and all(c is a for c, a in zip(converted, plain))
-        self.mode = mode()
+        self.switched = _switched
         self.target = target if target is not None else _target(plain[0])
         self.kernel = self.launch = self.launcher = None
         if self.target is not None and op.takes(converted):
@@ -442,6 +453,7 @@ class Plan:
         xp = array_module(plain[0])
         self.xp = xp
         self.no_record = xp.zeros(FLAGS, dtype=np.int64) if "k" in op.kinds else None
+        self.run = self._run
         if self.kernel is None:
             self.outputs, self.work = [], []
             return
@@ -455,21 +467,45 @@ class Plan:
             self.launch = kernels(op.family, "cuda").launch(op.kernel, *kernel_in)
             if is_cupy(plain[0]):
                 self.launcher = _cuda_jit().Launcher(self.kernel, self.launch)
+        if self.target == "cpu" and self.direct and self.stand_in is None:
+            self.key = (op.kernel, "cpu")
+            _first_use(*self.key)
+            self.reshape = op.flat and any(len(shape) != 1 for _, shape, _ in self.expect)
+            self.run = self._run_cpu
 
     def matches(self, arrays) -> bool:
         """True when ``arrays`` are the arrays of the last call, or of the same type, shape
-        and dtype and C-contiguous, and the switch still picks this plan's path."""
-        if len(arrays) != len(self.expect):
+        and dtype and C-contiguous, and no ``use()`` switched the path since the plan."""
+        if len(arrays) != len(self.expect) or self.switched != _switched:
             return False
         for a, last, (kind, shape, dtype) in zip(arrays, self.last, self.expect):
             if a is not last and (type(a) is not kind or a.shape != shape
                                   or a.dtype != dtype or not a.flags.c_contiguous):
                 return False
-        return mode() == self.mode
+        return True
 
     def __call__(self, *arrays, scalars=(), record=None):
+        return self.run(arrays, scalars, record)
+
+    def _run_cpu(self, arrays, scalars, record):
+        """The common case, kept short: NumPy arrays as the kernel takes them."""
+        self.last = arrays
+        if self.reshape:
+            arrays = [a.reshape(-1) for a in arrays]
+        outputs = self.outputs if self.reuse else [
+            np.empty(shape, self.dtype) for shape in self.output_shapes]
+        if self.no_record is None:
+            self.kernel(*arrays, *map(float, scalars), *outputs, *self.work)
+        else:
+            self.kernel(*arrays, *map(float, scalars), *outputs, *self.work,
+                        self.no_record if record is None else record)
+        _calls[self.key] += 1
+        _last[self.key[0]] = "cpu"
+        return None if not outputs else outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _run(self, arrays, scalars, record):
         op = self.op
-        self.last = list(arrays)
+        self.last = arrays
         if self.kernel is None or not self.direct:
             return self._slow(arrays, scalars, record)
         if self.stand_in is not None:
@@ -546,9 +582,11 @@ class Site:
 
     def __call__(self, *arrays, scalars=(), record=None):
         plan = self.plan
-        if plan is None or not plan.matches(arrays) or plan.reuse is not self.reuse:
+        if plan is None or plan.reuse is not self.reuse or not (
+                plan.switched == _switched and len(arrays) == len(plan.last)
+                and all(map(operator.is_, arrays, plan.last)) or plan.matches(arrays)):
             plan = self.plan = Plan(self.reference, arrays, self.names, reuse=self.reuse)
-        return plan(*arrays, scalars=scalars, record=record)
+        return plan.run(arrays, scalars, record)
 
 
 def call(reference, *arrays, scalars=(), target=None, names=None, record=None):

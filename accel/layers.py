@@ -43,6 +43,8 @@ def reuse_outputs(layers) -> None:
     of returning new arrays: for a caller that consumes each output before the next call of
     the same layer (``MultiLayerNet``)."""
     for layer in layers:
+        if isinstance(layer, Affine):
+            layer.reuse = True
         for site in vars(layer).values():
             if isinstance(site, dispatch.Site):
                 site.reuse = True
@@ -56,10 +58,13 @@ class Affine:
             raise ValueError(f"W must be (n_in, n_out) and b (n_out,), got {W.shape} and {b.shape}")
         if W.dtype != b.dtype:
             raise TypeError(f"W and b dtypes differ: {W.dtype} and {b.dtype}")
-        self.W, self.b = W, b
+        self.W, self.b, self.WT = W, b, W.T
         self.dW, self.db = _grad_like(W, dW, "dW"), _grad_like(b, db, "db")
         self.x = self.x_shape = None
         self.need_dx = True  # False for a first layer: skips the unused dL/dx product
+        self.xp = array_module(W)
+        self.reuse = False  # see reuse_outputs: x·W and dL/dx into buffers of the layer's own
+        self._y = self._dx = None
 
     def forward(self, x, train: bool = False):
         out = self.forward_linear(x)
@@ -72,23 +77,39 @@ class Affine:
 
     def forward_linear(self, x):
         """x·W without the bias (for a following layer that adds it in its own pass)."""
-        _float_input("x", x)
+        if not hasattr(x, "dtype"):
+            _float_input("x", x)  # not an array: says so
         self.x_shape = x.shape
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.W.shape[0]:
+        if x.ndim != 2:
+            x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.W.shape[0] or x.dtype.kind != "f":
+            _float_input("x", x)
             raise ValueError(
                 f"x has {x.shape[1]} features per sample (shape {self.x_shape}), "
                 f"Affine expects {self.W.shape[0]}"
             )
         self.x = x
-        return x @ self.W
+        if not self.reuse:
+            return x @ self.W
+        y = self._y
+        if y is None or y.shape[0] != x.shape[0] or y.dtype != x.dtype:
+            y = self._y = self.xp.empty_like(self.W, shape=(x.shape[0], self.W.shape[1]),
+                                             dtype=x.dtype)  # W's array type
+        return self.xp.matmul(x, self.W, out=y)
 
     def backward_linear(self, dout):
         """dW = xᵀ·dout and dL/dx = dout·Wᵀ (db is left to the caller)."""
-        array_module(dout).matmul(self.x.T, dout, out=self.dW)
+        xp = self.xp
+        xp.matmul(self.x.T, dout, out=self.dW)
         if not self.need_dx:
             return None
-        return (dout @ self.W.T).reshape(self.x_shape)
+        if not self.reuse:
+            return (dout @ self.WT).reshape(self.x_shape)
+        dx = self._dx
+        if dx is None or dx.shape != self.x.shape or dx.dtype != dout.dtype:
+            dx = self._dx = xp.empty_like(self.W, shape=self.x.shape, dtype=dout.dtype)
+        xp.matmul(dout, self.WT, out=dx)
+        return dx if len(self.x_shape) == 2 else dx.reshape(self.x_shape)
 
 
 class _Activation:
@@ -223,7 +244,8 @@ class BatchNorm:
     def forward(self, x, train: bool = False):
         _float_input("x", x)
         self.x_shape = x.shape
-        x = x.reshape(x.shape[0], -1)
+        if x.ndim != 2:  # a new view every call: only when needed
+            x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.gamma.shape[0]:
             raise ValueError(
                 f"x has {x.shape[1]} features (shape {self.x_shape}), "
@@ -232,7 +254,7 @@ class BatchNorm:
         if not train:
             out = self._eval(x, self.gamma, self.beta, self.running_mean, self.running_var,
                              scalars=(self.eps,))
-            return out.reshape(self.x_shape)
+            return _shaped(out, self.x_shape)
         if x.shape[0] < 2:
             raise ValueError(
                 f"BatchNorm in train mode needs a batch of at least 2 samples, got x of shape "
@@ -242,13 +264,18 @@ class BatchNorm:
         out, self.mean, self.invstd = self._train(
             x, self.gamma, self.beta, self.running_mean, self.running_var,
             scalars=(self.momentum, self.eps))
-        return out.reshape(self.x_shape)
+        return _shaped(out, self.x_shape)
 
     def backward(self, dout):
-        dy = dout.reshape(dout.shape[0], -1)
+        dy = dout if dout.ndim == 2 else dout.reshape(dout.shape[0], -1)
         dx = self._backward(dy, self.x, self.gamma, self.mean, self.invstd, self.dgamma,
                             self.dbeta)  # dgamma, dbeta in place: the grad buffer
-        return dx.reshape(self.x_shape)
+        return _shaped(dx, self.x_shape)
+
+
+def _shaped(a, shape):
+    """``a`` with ``shape`` (itself when it has it already: no new view object)."""
+    return a if a.shape == shape else a.reshape(shape)
 
 
 class SoftmaxWithLoss:

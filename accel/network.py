@@ -140,8 +140,8 @@ class MultiLayerNet:
     # -- the book's interface (each call checks its input)
 
     def predict(self, x, train: bool = False):
-        """Scores (N, output_size) before the softmax."""
-        return self._predict(self.prepare(x), train)
+        """Scores (N, output_size) before the softmax (a new array)."""
+        return self._predict(self.prepare(x), train).copy()  # not the last layer's buffer
 
     def _predict(self, x, train):
         for layer in self.passes:

@@ -160,10 +160,17 @@ def _with_torch(row, torch_s, key):
 
 def bn_case(xp, n, d, rng):
     """A batch-norm training step at (n, d) float32 on ``xp`` arrays: ``case.fwd_bwd(mod)``
-    runs the forward and the backward through ``mod`` (accel.dispatch or accel.functional);
-    the arrays are its attributes (x, dy, gamma, beta, rm, rv, dgamma, dbeta)."""
+    runs the forward and the backward through ``mod``: accel.dispatch (the fused kernels,
+    through sites that refill their outputs, as a network's BatchNorm layer does) or
+    accel.functional (the reference); the arrays are its attributes (x, dy, gamma, beta, rm,
+    rv, dgamma, dbeta)."""
     import types
 
+    from accel import dispatch, functional
+
+    train, back = dispatch.Site(functional.batchnorm_forward_train), dispatch.Site(
+        functional.batchnorm_backward)
+    train.reuse = back.reuse = True
     c = types.SimpleNamespace(
         x=xp.asarray(rng.standard_normal((n, d), dtype=np.float32)),
         dy=xp.asarray(rng.standard_normal((n, d), dtype=np.float32)),
@@ -172,6 +179,9 @@ def bn_case(xp, n, d, rng):
         dgamma=xp.empty(d, np.float32), dbeta=xp.empty(d, np.float32))
 
     def fwd_bwd(mod):
+        if mod is dispatch:
+            out, mean, invstd = train(c.x, c.gamma, c.beta, c.rm, c.rv, scalars=(0.9, 1e-5))
+            return out, back(c.dy, c.x, c.gamma, mean, invstd, c.dgamma, c.dbeta)
         out, mean, invstd = mod.batchnorm_forward_train(c.x, c.gamma, c.beta, c.rm, c.rv, 0.9,
                                                         1e-5)
         return out, mod.batchnorm_backward(c.dy, c.x, c.gamma, mean, invstd, c.dgamma,

@@ -16,8 +16,8 @@ accel/torch ratio per round.
 kernels/batchnorm_cpu.py with the current argument order (e.g. ``git show
 main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``), called directly (outputs allocated
 once), alternating with the current ones called the same way. "fused" goes through
-accel.dispatch, which hands an op's outputs out again once nothing holds them (so a steady
-loop maps no new pages).
+accel.dispatch's sites that refill their own outputs, as a network's BatchNorm layer does
+(so a steady loop maps no new pages).
 
 ``--malloc-heap`` runs both workers with glibc told to keep large blocks on its heap
 (MALLOC_MMAP_THRESHOLD_=1 GiB, MALLOC_TRIM_THRESHOLD_=4 GiB): by default glibc maps each

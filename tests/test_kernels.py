@@ -5,11 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from accel.kernels import guard_record as R
 from conftest import assert_close, bn_backward
 
 from accel import MultiLayerNet, dispatch, functional, layers, optim
 from accel import functional as F
-from accel.kernels import guard_record as R
 
 TOL = {np.float32: dict(rtol=1e-6, atol=1e-7), np.float64: dict(rtol=1e-12, atol=1e-14)}
 
