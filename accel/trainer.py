@@ -18,6 +18,7 @@ from . import checkpoint, checks
 from .history import History
 from .interrupt import StepBoundary, TrainingInterrupted
 from .nonfinite import NonFiniteError, NonFiniteGuard
+from .preprocessing import batch_bounds, minibatch_partition
 
 __all__ = ["Trainer", "History", "NonFiniteError", "TrainingInterrupted"]
 
@@ -29,10 +30,13 @@ class Trainer:
     """Train ``network`` with ``optimizer`` on (x_train, t_train).
 
     Each epoch visits the training set once in a fresh random order (seeded by ``seed``, so
-    two trainers with the same seed see the same mini-batches), including the last partial
-    batch; ``max_iterations`` stops early. ``schedule(epoch)`` sets ``optimizer.lr`` at the
-    start of each epoch. Every ``evaluate_every`` epochs (and after the last) the accuracies
-    are measured on ``evaluate_sample`` samples of each set (all when None): training data,
+    two trainers with the same seed see the same mini-batches), cut by
+    ``accel.preprocessing.minibatch_partition``: full batches and the last partial batch
+    (for a BatchNorm network a last batch of one sample is merged into the one before it:
+    ``iterations_per_epoch()`` counts the steps); ``max_iterations`` stops early.
+    ``schedule(epoch)`` sets ``optimizer.lr`` at the start of each epoch. Every
+    ``evaluate_every`` epochs (and after the last) the accuracies are measured on
+    ``evaluate_sample`` samples of each set (all when None): training data,
     ``validation_data=(x_val, t_val)`` into ``History.val_acc``, and (x_test, t_test) into
     ``History.test_acc``; then ``on_evaluate(trainer)`` is called, if given (an exception it
     raises, e.g. a search's "prune this trial", ends ``fit``). Progress is a tqdm bar on a
@@ -111,6 +115,10 @@ class Trainer:
                 f"a BatchNorm network needs batches of at least 2 samples (the variance of one "
                 f"is 0), got batch_size={self.batch_size} and {self.n_train} training "
                 "sample(s): training would run no step")
+        # The epoch's batches (accel.preprocessing.batch_bounds): for BatchNorm a last batch of
+        # one sample (no variance) joins the batch before it, so every sample is still seen.
+        self.min_last = 2 if network.batchnorm else 1
+        self.batches = batch_bounds(self.n_train, self.batch_size, self.min_last)
         self.rng = np.random.default_rng(checks.seed("seed", seed))
         self.history = History()
         self.epoch, self.offset = 0, 0  # where the next step starts: epoch, sample index
@@ -141,7 +149,9 @@ class Trainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
 
     def iterations_per_epoch(self) -> int:
-        return -(-self.n_train // self.batch_size)
+        """Steps per epoch: ⌈n_train/batch_size⌉, one fewer for a BatchNorm network whose
+        last batch would hold one sample (it is merged into the batch before it)."""
+        return len(self.batches)
 
     # -- one evaluation, one step
 
@@ -210,18 +220,19 @@ class Trainer:
         order = self._epoch_order()
         bar = self._bar(epoch)
         losses = []
-        for s in range(self.offset, self.n_train, self.batch_size):
-            idx = order[s:s + self.batch_size]
-            if idx.shape[0] > 1 or not self.network.batchnorm:  # BN: one sample has no var
-                x, t = self.x_train[idx], self.t_train[idx]
-                losses.append(self.step(x, t))
-                if self.record_loss == "after_update":  # the book's trainer
-                    losses[-1] = self.network.loss(x, t)
-                if bar is not None:
-                    bar.update(1)
-                    if h.iterations % 20 == 0:
-                        bar.set_postfix(loss=f"{float(losses[-1]):.4g}", refresh=False)
-            self.offset = (s + idx.shape[0]) % self.n_train
+        for start, end in self.batches:
+            if start < self.offset:  # continuing an epoch: these batches are done
+                continue
+            idx = order[start:end]
+            x, t = self.x_train[idx], self.t_train[idx]
+            losses.append(self.step(x, t))
+            if self.record_loss == "after_update":  # the book's trainer
+                losses[-1] = self.network.loss(x, t)
+            if bar is not None:
+                bar.update(1)
+                if h.iterations % 20 == 0:
+                    bar.set_postfix(loss=f"{float(losses[-1]):.4g}", refresh=False)
+            self.offset = end % self.n_train
             if stop.hit or self._at_max_iterations():
                 break
         # Losses stay on the device until here: one transfer per epoch, not one per step.
@@ -264,7 +275,9 @@ class Trainer:
             self._epoch_rng_state = self.rng.bit_generator.state
         else:
             self.rng.bit_generator.state = self._epoch_rng_state
-        return self.network.backend.xp.asarray(self.rng.permutation(self.n_train))
+        order, _ = minibatch_partition(self.n_train, self.batch_size, self.rng,
+                                       min_last=self.min_last)
+        return self.network.backend.xp.asarray(order)  # one transfer per epoch
 
     def _interrupted(self, bar):
         if bar is not None:
@@ -293,8 +306,9 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.iterations_per_epoch(), initial=-(-self.offset //
-                    self.batch_size), desc=f"epoch {epoch + 1}/{self.epochs}", leave=True,
+        done = sum(start < self.offset for start, _ in self.batches)
+        return tqdm(total=self.iterations_per_epoch(), initial=done,
+                    desc=f"epoch {epoch + 1}/{self.epochs}", leave=True,
                     file=sys.stderr, dynamic_ncols=True)
 
     def _report(self, bar, epoch) -> None:
@@ -361,8 +375,8 @@ class Trainer:
                              f"{type(self.optimizer).__name__}")
         history = History.from_dict(tr["history"])
         epoch, offset, rng = tr["epoch"], tr["offset"], tr["rng"]
-        if not (isinstance(epoch, int) and isinstance(offset, int)
-                and 0 <= offset < self.n_train and epoch >= 0):
+        if not (isinstance(epoch, int) and isinstance(offset, int) and epoch >= 0
+                and offset in {start for start, _ in self.batches}):
             raise ValueError(f"bad position epoch={epoch!r}, offset={offset!r}")
         if rng["bit_generator"] != type(self.rng.bit_generator).__name__:
             raise ValueError(f"shuffling generator {rng['bit_generator']!r}")
