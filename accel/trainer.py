@@ -327,15 +327,17 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, iteration {self.history.iterations}"
         if self.checkpoint_dir is None:
             path = None
-            msg = (f"interrupted at {where}; no checkpoint written (pass checkpoint_dir= to "
-                   "keep one)")
+            msg = f"interrupted at {where}; no checkpoint written"
+            hint = " (pass checkpoint_dir= to keep one)"
         else:
             path = self.last_checkpoint if self.offset == 0 and self.last_checkpoint else \
                 self.save_checkpoint()
-            msg = (f"interrupted at {where}; checkpoint written to {path} (continue with "
-                   f"Trainer(..., resume={str(path)!r}))")
+            msg = f"interrupted at {where}; checkpoint written to {path}"
+            hint = f" (continue with Trainer(..., resume={str(path)!r}))"
+        # the facts on stderr; the advice about the Python API goes with the exception, which
+        # a command-line script catches and words for its own flags
         self._say(msg, always=True)
-        raise TrainingInterrupted(msg, checkpoint=path, history=self.history)
+        raise TrainingInterrupted(msg + hint, checkpoint=path, history=self.history)
 
     # -- progress
 

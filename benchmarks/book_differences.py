@@ -42,7 +42,7 @@ QUICK = {"iterations": 150, "train_samples": 5000, "bn_samples": 300, "bn_epochs
 
 
 def main(argv=None):
-    p = common.parser("book_differences", __doc__.splitlines()[0])
+    p = common.parser("book_differences", __doc__)
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK)
@@ -200,4 +200,4 @@ def _figure(results, dataset):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

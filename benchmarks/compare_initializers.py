@@ -30,8 +30,8 @@ QUICK = {"iterations": 300, "train_samples": 5000, "evaluate_sample": 1000}
 
 
 def main(argv=None):
-    p = common.parser("compare_initializers", __doc__.splitlines()[0])
-    p.add_argument("--iterations", type=int, default=None, help="steps per init (2000)")
+    p = common.parser("compare_initializers", __doc__)
+    common.option(p, "--iterations", DEFAULTS, QUICK, "training steps per initializer")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["iterations"])
@@ -67,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -116,6 +116,26 @@ def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
     assert lines[0].startswith("epoch 1/3") and "test_acc" in lines[0] and "loss" in lines[0]
 
 
+def test_on_a_terminal_each_evaluation_is_a_whole_line_after_the_bar(monkeypatch):
+    """The bar's postfix was cut at the terminal's width (110 columns): the numbers now
+    come as their own line once the epoch's bar is gone."""
+    buf = io.StringIO()
+    monkeypatch.setattr("sys.stderr", buf)
+    monkeypatch.setattr("accel.trainer._interactive", lambda: True)
+    monkeypatch.setenv("COLUMNS", "110")
+    x, t = toy(n=20)
+    net = MultiLayerNet(4, [5], 3, backend="numpy", seed=0)
+    Trainer(net, optim.SGD(0.1), x, t, x, t, validation_data=(x, t), epochs=2,
+            batch_size=5).fit()
+    lines = [seg for line in buf.getvalue().splitlines() for seg in line.split("\r")]
+    summaries = [seg for seg in lines if seg.startswith("epoch ") and "  loss " in seg]
+    assert len(summaries) == 2
+    for line in summaries:
+        assert all(k in line for k in ("train_acc", "val_acc", "test_acc", " lr 0.1  ("))
+        assert line.rstrip().endswith("s)") and len(line) <= 110
+    assert not any("|" in seg and "test_acc" in seg for seg in lines)  # not in a bar
+
+
 def test_bad_trainer_arguments():
     x, t = toy()
     net = MultiLayerNet(4, [5], 3, backend="numpy")
