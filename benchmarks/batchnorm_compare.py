@@ -46,9 +46,10 @@ def main(argv=None):
             net = common.make_net(run, x.shape[1], k, cfg["hidden"], seed=args.seed,
                                   weight_init=w, batchnorm=bn, bn_eps=cfg["bn_eps"])
             label = f"std={w:.3g} / {'BatchNorm' if bn else 'no BatchNorm'}"
-            # Without BatchNorm the largest scales blow the activations up (×~20 a layer at
-            # std 1) past float32's range: the loss turns NaN and the net stays at chance, as
-            # in the book's figure. Counted and marked below instead of NumPy's warning.
+            # Without BatchNorm the largest scales start with huge logits (loss 1.5e5 at std
+            # 1), the first SGD steps are as huge, and within a few steps the activations pass
+            # float32's range: the loss turns NaN and the net stays at chance, as in the
+            # book's figure. Counted and marked below instead of NumPy's bare warning.
             with np.errstate(over="ignore", invalid="ignore"):
                 h = common.train(net, optim.SGD(cfg["lr"]), ((x, t), None),
                                  epochs=cfg["epochs"], batch_size=cfg["batch_size"],
