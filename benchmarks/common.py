@@ -428,7 +428,7 @@ def series_bar(label):
     from tqdm.auto import tqdm
 
     bar = tqdm(desc=label, unit="it", leave=False, dynamic_ncols=True, file=sys.stderr,
-               disable=None if label else True)
+               disable=None)  # None: off where stderr is not a terminal
     try:
         yield bar
     finally:

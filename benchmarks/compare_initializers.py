@@ -47,10 +47,11 @@ def main(argv=None):
                               activation=cfg["activation"], weight_init=init)
         h = common.train(net, optim.SGD(cfg["lr"]), ((x, t), (xt, tt)),
                          iterations=cfg["iterations"], batch_size=cfg["batch_size"],
-                         seed=args.seed, evaluate_sample=cfg["evaluate_sample"])
+                         seed=args.seed, evaluate_sample=cfg["evaluate_sample"], label=label)
         results[label] = common.loss_curve_result(h, weight_init=init)
         final = results[label]["final"]
-        steps.done(label, loss=final["loss_smoothed"], test_acc=final["test_acc"])
+        steps.done(label, **{"loss (last 100 it.)": final["loss_last100_mean"],
+                             "test acc": final["test_acc"]})
 
     fig = common.loss_figure(results, f"{args.dataset}: weight init, SGD lr {cfg['lr']}, "
                                       f"{common.architecture(x.shape[1], cfg['hidden'], k)} "
