@@ -72,6 +72,13 @@ def _import_cupy():
         return None
 
 
+def _why_not_cupy() -> str:
+    """Why "auto" chose NumPy, in a few words."""
+    if _cupy_error and _cupy_error.startswith("ModuleNotFoundError"):
+        return "CuPy is not installed"
+    return f"CuPy cannot use a GPU here: {_cupy_error}"
+
+
 def cupy_available() -> bool:
     """True when CuPy imports and sees at least one GPU."""
     return _import_cupy() is not None
@@ -106,7 +113,8 @@ def get_backend(name: str | Backend | None = "auto") -> Backend:
     if name == "auto":
         cupy = _import_cupy()
         backend = Backend("cupy", cupy) if cupy is not None else Backend("numpy", np)
-        print(f"accel: backend auto -> {backend.name}", file=sys.stderr)
+        why = "" if cupy is not None else f" ({_why_not_cupy()})"
+        print(f"accel: backend auto -> {backend.name}{why}", file=sys.stderr)
     elif name == "cupy":
         cupy = _import_cupy()
         if cupy is None:
@@ -140,8 +148,9 @@ def backend_of(*arrays) -> Backend:
 
 
 def to_numpy(a):
-    """A NumPy copy of a CuPy array; NumPy arrays and Python data are returned as arrays."""
-    if is_cupy(a):
+    """A NumPy copy of a CuPy array (or of a device stand-in such as ``accel.opcount``'s
+    arrays, which have CuPy's ``get``); NumPy arrays and Python data are returned as arrays."""
+    if is_cupy(a) or (isinstance(a, np.ndarray) and hasattr(a, "get")):
         return a.get()
     return np.asarray(a)
 

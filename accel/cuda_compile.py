@@ -3,12 +3,11 @@
 Each kernel of ``accel.dispatch.OPS`` that has a CUDA twin is compiled, per dtype and compute
 capability, with the argument types the dispatch launches it with:
 
-- the reference's array arguments, then its scalars, then the outputs (the kernel's own
-  parameter list; an array is a parameter the kernel indexes or asks ``.shape``/``.size``/
-  ``.dtype`` of);
+- the kernel's parameters as ``Op.kinds`` says: the reference's arrays and scalars, then
+  the outputs, workspaces and the guard's record;
 - arrays C-contiguous, of the dtype; 1-D for ``flat`` ops, else the number of dimensions
-  ``Op.shapes``/``Op.outputs`` give for an (N, D) input; class ids (``Op.labels``) int64 1-D
-  (one-hot labels take the reference, see ``Op.takes``);
+  ``Op.shapes``/``Op.outputs`` give for an (N, D) input; class ids (``Op.labels``) and
+  ``Op.ints`` int64 1-D (one-hot labels take the reference, see ``Op.takes``);
 - scalars float64 (``dispatch.call`` passes every scalar as a Python float).
 
 A kernel that does not type or lower raises here. The PTX is then assembled for sm_XX and the
@@ -23,14 +22,12 @@ cannot work when they are missing.
 
 from __future__ import annotations
 
-import ast
 import inspect
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import textwrap
 import time
 
 import numpy as np
@@ -53,47 +50,34 @@ def cuda_kernels():
     return out
 
 
-def _array_parameters(pyfunc) -> set:
-    """The parameters the kernel uses as arrays: indexed, or asked .shape/.size/.dtype/..."""
-    params = set(inspect.signature(pyfunc).parameters)
-    tree = ast.parse(textwrap.dedent(inspect.getsource(pyfunc)))
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
-            found.add(node.value.id)
-        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-              and node.attr in ("shape", "size", "dtype", "ndim")):
-            found.add(node.value.id)
-    return found & params
-
-
 def launch_arguments(reference, op, kernel, dtype):
-    """(names, kinds, n) of the kernel's parameters: kind is ("array", dtype, ndim), with
-    dtype a NumPy dtype, or ("scalar", float64); the first n are the reference's arrays."""
+    """(names, kinds, n) of the kernel's parameters, from ``op.kinds``: kind is ("array",
+    dtype, ndim), with dtype a NumPy dtype, or ("scalar", float64); the first n are the
+    reference's arrays."""
     names = list(inspect.signature(kernel.py_func).parameters)
     ref_names = list(inspect.signature(reference).parameters)
-    arrays = _array_parameters(kernel.py_func)
-    n_arrays = next((k for k, name in enumerate(ref_names) if name not in arrays),
-                    len(ref_names))
-    if names[:len(ref_names)] != ref_names:
-        raise TypeError(f"{op.kernel}: kernel parameters {names} do not start with the "
-                        f"reference's {ref_names}")
-    if any(name in arrays for name in ref_names[n_arrays:]):
-        raise TypeError(f"{op.kernel}: array parameters of the reference are not all first")
+    if names[:len(ref_names)] != ref_names or len(names) != len(op.kinds):
+        raise TypeError(f"{op.kernel}: kernel parameters {names} are not the reference's "
+                        f"{ref_names} and then {op.kinds[len(ref_names):]!r} ({op.kinds!r})")
+    n_arrays = op.n_arrays
     probe = [np.empty(PROBE_SHAPE, dtype) for _ in range(n_arrays)]
-    shapes = [(0,)] * n_arrays if op.flat else op.shapes(probe)
-    outputs = op.outputs(probe)
-    if len(names) != len(ref_names) + len(outputs):
-        raise TypeError(f"{op.kernel}: {len(names) - len(ref_names)} output parameters, the "
-                        f"Op table has {len(outputs)}")
+    ndims = [1] * n_arrays if op.flat else [len(s) for s in op.shapes(probe)]
+    out_ndims = iter([1 if op.flat else len(s) for s in op.outputs(probe)])
+    work = iter(op.work)
     kinds = []
-    for k, shape in enumerate(shapes):
-        if k in op.labels:
+    for k, kind in enumerate(op.kinds):
+        if kind == "s":
+            kinds.append(("scalar", np.dtype(np.float64)))
+        elif kind in "rw":
+            ints = k in op.labels or k in op.ints
+            kinds.append(("array", np.dtype(np.int64 if ints else dtype),
+                          1 if k in op.labels else ndims[k]))
+        elif kind == "o":
+            kinds.append(("array", np.dtype(dtype), next(out_ndims)))
+        elif kind == "z":
+            kinds.append(("array", np.dtype(next(work)[1]), 1))
+        else:  # "k": the non-finite guard's record
             kinds.append(("array", np.dtype(np.int64), 1))
-        else:
-            kinds.append(("array", np.dtype(dtype), len(shape)))
-    kinds += [("scalar", np.dtype(np.float64))] * (len(ref_names) - n_arrays)
-    kinds += [("array", np.dtype(dtype), 1 if op.flat else len(s)) for s in outputs]
     return names, kinds, n_arrays
 
 
@@ -114,7 +98,7 @@ def threads_per_block(op, dtype) -> int:
     """Threads per block the dispatch launches ``op`` with, for a PROBE_SHAPE input."""
     mod = dispatch.kernels(op.family, "cuda")
     x = np.empty(PROBE_SHAPE[0] * PROBE_SHAPE[1] if op.flat else PROBE_SHAPE, dtype)
-    threads = mod.launch(op.kernel, x)[1]
+    threads = mod.launch(op.kernel, *[x] * op.n_arrays)[1]
     return int(np.prod(threads))
 
 

@@ -7,17 +7,26 @@
   other array types (or dtypes such as float16), or CuPy without a working ``numba.cuda``
   → the reference function in ``accel.functional``.
 
-``OPS`` pairs each reference function with its kernels, explicitly; ``call`` runs any of them
-the same way, and the op functions below are that call with the reference's arguments.
-Kernel modules are imported on first use, so importing accel compiles nothing.
-``last_path(op)`` tells which path the last call of ``op`` took ("cpu", "cuda" or
-"reference") and ``calls()`` counts calls per (op, path); the benchmarks print them, and the
-first use of each (op, path) is logged at INFO level on the "accel.dispatch" logger.
+``OPS`` pairs each reference function with its kernels, explicitly, and says what each
+kernel parameter is (``Op.kinds``). A ``Plan`` is one op prepared for one set of arrays
+(types, shapes, dtypes): the checks, the path, the kernel, its launch shape and the output
+buffers are decided once, so a call costs little more than calling the kernel itself. A
+``Site`` is a place in the code that calls an op again and again (a layer's forward, an
+optimizer's update): it keeps its plan and makes a new one when the arrays change. Outputs
+are new arrays at every call, or, for a site told ``reuse = True`` (a network's layers,
+which consume each output before the next call), the plan's own buffers, refilled by every
+call: no allocation, no page faults for a large output. ``call`` is the one-off form; the
+op functions below are ``call`` with the reference's arguments. Kernel modules are
+imported on first use, so importing accel compiles nothing. ``last_path(op)`` tells which
+path the last call of ``op`` took ("cpu", "cuda" or "reference") and ``calls()`` counts calls
+per (op, path); the benchmarks print them, and the first use of each (op, path) is logged at
+INFO level on the "accel.dispatch" logger.
 
 Input is checked the same way on both paths and is never used silently wrong: shapes must
 match; read-only inputs that are not C-contiguous, or of the other float dtype, are copied;
 arrays the kernel writes (parameters, optimizer state, running statistics) must have the
-dtype of the first argument, and when not C-contiguous are copied and written back.
+dtype of the first argument and be writable, and when not C-contiguous are copied and
+written back.
 """
 
 from __future__ import annotations
@@ -27,7 +36,6 @@ import importlib
 import inspect
 import logging
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +44,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import array_module, is_cupy
+from .kernels.guard_record import FLAGS, SKIP, SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,10 @@ _override: str | None = None
 _last: dict[str, str] = {}
 _calls: Counter = Counter()
 _modules: dict[str, object] = {}
-_cuda_error: str | None = None
+_cuda_error: str | None = None  # why numba.cuda cannot be used at all (None: it can)
+_cuda_failed: dict[str, str] = {}  # kernel name → why its first compile/launch failed
+_cuda_launched: set = set()  # kernels launched once without error
+_stand_ins: dict = {}  # array type → StandIn: NumPy arrays that stand for a device's
 
 
 # -- the table: reference function → kernels
@@ -60,20 +72,35 @@ _cuda_error: str | None = None
 class Op:
     """A reference function and its kernels ``accel.kernels.<family>_{cpu,cuda}.<kernel>``.
 
-    The kernels take the reference's array arguments, then its scalars, then ``outputs``:
-    arrays they fill and the op returns. ``reads`` are the positions of the read-only array
-    arguments; every other array argument is updated in place. ``shapes(arrays)`` is the
-    shape each array argument must have; ``outputs(arrays)`` the shapes of the outputs.
+    ``kinds`` has one letter per kernel parameter, in order: the reference's parameters
+    first (``r`` an array it reads, ``w`` an array it updates in place, ``s`` a scalar), then
+    the kernel's own: ``o`` an output the op allocates and returns, ``z`` a zeroed workspace
+    (``work``: its shapes and dtypes), ``k`` the non-finite guard's record (the kernel
+    changes nothing when record[SKIP] is set). ``shapes(arrays)`` is the shape each of the
+    reference's arrays must have, ``outputs(arrays)`` the shapes of the ``o`` arrays.
+    Arrays are of the first array's float dtype, but ``ints`` (int64: class ids, offsets,
+    the record) and ``labels`` (class ids, int64, or one-hot rows of floats).
     """
 
     family: str
     kernel: str
-    reads: tuple
+    kinds: str
     shapes: Callable
     outputs: Callable = lambda arrays: ()
     takes: Callable = lambda arrays: True  # False: the kernel cannot, the reference runs
-    labels: tuple = ()  # positions of class ids (integers) or one-hot rows (floats)
+    labels: tuple = ()
+    ints: tuple = ()
     flat: bool = False  # elementwise: the kernel takes the arrays as 1-D views
+    work: tuple = ()  # (shape, dtype) of each ``z`` array
+
+    @property
+    def n_arrays(self) -> int:
+        """The reference's array parameters (they come before its scalars)."""
+        return self.kinds.index("s") if "s" in self.kinds else len(self.kinds.rstrip("ozk"))
+
+    @property
+    def reads(self) -> tuple:
+        return tuple(i for i, k in enumerate(self.kinds[:self.n_arrays]) if k == "r")
 
 
 def _like_first(arrays):
@@ -107,33 +134,41 @@ def _scores_and_labels(arrays):
     return [x.shape, x.shape[:1] if t.ndim == 1 else x.shape]
 
 
+def _guard_shapes(arrays):
+    loss, g, g_starts, buffers, buffer_starts, saved, record = arrays
+    return [loss.shape if loss.size == 1 else (1,), (g.size,), g_starts.shape,
+            (buffers.size,), buffer_starts.shape, (buffers.size,), record.shape]
+
+
 OPS: dict[Callable, Op] = {
-    F.sgd: Op("optim", "sgd", reads=(1,), shapes=_like_first, flat=True),
-    F.momentum: Op("optim", "momentum", reads=(1,), shapes=_like_first, flat=True),
-    F.nesterov: Op("optim", "nesterov", reads=(1,), shapes=_like_first, flat=True),
-    F.adagrad: Op("optim", "adagrad", reads=(1,), shapes=_like_first, flat=True),
-    F.rmsprop: Op("optim", "rmsprop", reads=(1,), shapes=_like_first, flat=True),
-    F.adam: Op("optim", "adam", reads=(1,), shapes=_like_first, flat=True),
+    F.sgd: Op("optim", "sgd", "wrssk", _like_first, flat=True),
+    F.momentum: Op("optim", "momentum", "wrwssssk", _like_first, flat=True),
+    F.nesterov: Op("optim", "nesterov", "wrwsssk", _like_first, flat=True),
+    F.adagrad: Op("optim", "adagrad", "wrwsssk", _like_first, flat=True),
+    F.rmsprop: Op("optim", "rmsprop", "wrwssssk", _like_first, flat=True),
+    F.adam: Op("optim", "adam", "wrwwssssssssk", _like_first, flat=True),
     F.batchnorm_forward_train: Op(
-        "batchnorm", "batchnorm_forward_train", reads=(0, 1, 2),
-        shapes=_matrix_and_vectors("x", "d", "d", "d", "d"),
-        outputs=_outputs("x", "d", "d"), takes=lambda a: a[0].shape[0] > 0),
+        "batchnorm", "batchnorm_forward_train", "rrrwwssooo",
+        _matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x", "d", "d"),
+        takes=lambda a: a[0].shape[0] > 0),
     F.batchnorm_forward_eval: Op(
-        "batchnorm", "batchnorm_forward_eval", reads=(0, 1, 2, 3, 4),
-        shapes=_matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x")),
+        "batchnorm", "batchnorm_forward_eval", "rrrrrso",
+        _matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x")),
     F.batchnorm_backward: Op(
-        "batchnorm", "batchnorm_backward", reads=(0, 1, 2, 3, 4),
-        shapes=_matrix_and_vectors("x", "x", "d", "d", "d", "d", "d"),
-        outputs=_outputs("x")),
-    F.bias_activation: Op(
-        "layers", "bias_activation", reads=(1,), shapes=_matrix_and_vectors("x", "d")),
+        "batchnorm", "batchnorm_backward", "rrrrrwwo",
+        _matrix_and_vectors("x", "x", "d", "d", "d", "d", "d"), outputs=_outputs("x")),
+    F.bias_activation: Op("layers", "bias_activation", "wrs", _matrix_and_vectors("x", "d")),
     F.activation_backward_bias: Op(
-        "layers", "activation_backward_bias", reads=(0, 1),
-        shapes=_matrix_and_vectors("x", "x", "d"), outputs=_outputs("x")),
+        "layers", "activation_backward_bias", "rrwso", _matrix_and_vectors("x", "x", "d"),
+        outputs=_outputs("x")),
     F.softmax_cross_entropy: Op(
-        "layers", "softmax_cross_entropy", reads=(0, 1), shapes=_scores_and_labels,
+        "layers", "softmax_cross_entropy", "rroo", _scores_and_labels,
         outputs=_outputs("n", "x"), labels=(1,), takes=lambda a: a[1].ndim == 1),
+    F.nonfinite_guard: Op(
+        "guard", "nonfinite_guard", "rrrwrwwsszz", _guard_shapes, ints=(2, 4, 6),
+        flat=True, work=(((1,), np.float64), ((1,), np.int64))),
 }
+_NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
 
 
 # -- the switch
@@ -181,17 +216,38 @@ def reset_calls() -> None:
 
 
 def _record(op: str, path: str) -> None:
-    if (op, path) not in _calls:
+    key = (op, path)
+    if key not in _calls:
         log.info("accel: %s runs on the %s path", op, path)
-    _calls[(op, path)] += 1
+    _calls[key] += 1
     _last[op] = path
+
+
+# -- device stand-ins (accel.opcount's counting arrays)
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """NumPy arrays of a subclass (``array_type``) that stand for a device's
+    (``accel.opcount``): a fused op runs the CPU kernel on their plain views,
+    ``launched(kernel name)`` is told of each launch, and outputs come back as the subclass."""
+
+    array_type: type
+    launched: Callable
+
+
+def register_stand_in(stand_in: StandIn) -> None:
+    _stand_ins[stand_in.array_type] = stand_in
+
+
+# -- which path, which kernel
 
 
 def _target(a) -> str | None:
     """"cpu", "cuda" or None (reference) for an array, from the switch and its type."""
     if mode() == "reference" or a.dtype not in FUSED_DTYPES:
         return None
-    if type(a) is np.ndarray:
+    if type(a) is np.ndarray or type(a) in _stand_ins:
         return "cpu"
     if is_cupy(a):
         return "cuda" if _cuda_ok() else None
@@ -203,9 +259,7 @@ def _cuda_ok() -> bool:
     if _cuda_error is not None:
         return False
     try:
-        from numba import cuda
-
-        if not cuda.is_available():
+        if not numba_cuda().is_available():
             raise RuntimeError("numba.cuda.is_available() is False")
         return True
     except Exception as exc:  # ImportError (no numba-cuda), driver or toolkit problems
@@ -213,6 +267,24 @@ def _cuda_ok() -> bool:
         log.warning("accel: CUDA kernels unavailable (%s); using the CuPy reference. "
                     "Install numba-cuda, e.g. pip install 'accel-dlfs[cuda12]'", _cuda_error)
         return False
+
+
+def numba_cuda():
+    """``numba.cuda``, imported through ``accel.kernels.cuda_jit`` (its one import point)."""
+    return _cuda_jit().cuda
+
+
+def _cuda_jit():
+    return importlib.import_module("accel.kernels.cuda_jit")
+
+
+def cuda_failures() -> dict:
+    """kernel name → why its first CUDA compile or launch failed (those take the reference);
+    ``"*"`` when numba.cuda itself is unusable here."""
+    out = dict(_cuda_failed)
+    if _cuda_error is not None:
+        out["*"] = _cuda_error
+    return out
 
 
 def kernels(family: str, target: str):
@@ -241,150 +313,259 @@ def route(reference, *arrays) -> str | None:
     return target
 
 
-def launch_cuda(kernel, launch, *args) -> bool:
-    """Launch a CUDA kernel with ``launch`` = (blocks, threads) on CuPy's current stream.
+# -- CUDA launches
 
-    False (nothing ran) when Numba cannot compile the kernel for this GPU or toolkit: the
-    error is logged once and every later call takes the CuPy reference, so a kernel that
-    fails to build costs speed, not the run.
+
+def launch_cuda(kernel, launch, *args, launcher=None) -> bool:
+    """Launch a CUDA kernel with ``launch`` = (blocks, threads); on CuPy's current stream when
+    the arrays are CuPy's (the simulator's NumPy arrays take Numba's default stream), through
+    ``launcher`` (a ``cuda_jit.Launcher``) when given.
+
+    The first launch of each kernel compiles it: any exception there (Numba typing or
+    lowering, NVVM, the driver, CuPy) is logged once with the reason, the kernel is marked
+    failed (``cuda_failures()``) and False is returned: this and every later call take the
+    reference, so a kernel that cannot build here costs speed, not the run. After a first
+    launch that worked, errors are real errors and propagate.
     """
-    global _cuda_error
     blocks, threads = launch
     if not blocks:
         return True
-    stream = _cupy_stream()
-    from numba.core.errors import NumbaError
-
+    name = getattr(kernel, "__name__", repr(kernel))
+    if name in _cuda_failed:
+        return False
+    first = name not in _cuda_launched
     try:
-        if stream is None:
+        stream = _cupy_stream() if is_cupy(args[0]) else 0
+        if launcher is not None:
+            launcher(stream, args)
+        elif not stream:
             kernel[blocks, threads](*args)
         else:
-            kernel[blocks, threads, stream](*args)
-    except NumbaError as exc:  # typing/lowering/linking: raised before the kernel runs
-        _cuda_error = f"{type(exc).__name__}: {exc}"
-        log.warning("accel: CUDA kernel %s failed to compile (%s); using the CuPy reference",
-                    getattr(kernel, "__name__", kernel), _cuda_error)
+            kernel[blocks, threads, numba_cuda().external_stream(stream)](*args)
+    except Exception as exc:
+        if not first:
+            raise
+        _cuda_failed[name] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+        log.warning("accel: CUDA kernel %s failed on its first launch (%s); it takes the "
+                    "reference from now on", name, _cuda_failed[name])
         return False
+    _cuda_launched.add(name)
     return True
 
 
-def _cupy_stream():
-    """CuPy's current stream as a Numba stream (None: the default stream, or no CuPy)."""
-    try:
-        import cupy
-    except ImportError:
-        return None
-    ptr = cupy.cuda.get_current_stream().ptr
-    if not ptr:
-        return None
-    from numba import cuda
+def _cupy_stream() -> int:
+    """The handle of CuPy's current stream (0: the default stream)."""
+    import cupy
 
-    return cuda.external_stream(ptr)
+    return cupy.cuda.get_current_stream().ptr
 
 
-# -- argument preparation (both paths)
+# -- argument checks and conversion (both paths)
 
 
-_NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
-
-
-def _prepare(op: Op, names, arrays):
-    """Check every array argument; returns (arrays for the kernel, [(copy, original)])."""
+def _check(op: Op, names, arrays):
+    """Types, dtypes and shapes of the reference's arrays: TypeError/ValueError naming the
+    argument, before anything runs."""
     for i, a in enumerate(arrays):
         kind = getattr(getattr(a, "dtype", None), "kind", None)
-        if kind != "f" and not (i in op.labels and kind in ("i", "u")):
-            name = names[i]
-            raise TypeError(f"{name} must be a float array, got "
+        if i in op.ints:
+            ok = kind in ("i", "u")
+        else:
+            ok = kind == "f" or (i in op.labels and kind in ("i", "u"))
+        if not ok:
+            want = "an integer" if i in op.ints else "a float"
+            raise TypeError(f"{names[i]} must be {want} array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
-    dtype = arrays[0].dtype
-    shapes = op.shapes(arrays)
-    out, written = [], []
-    for i, (name, a, shape) in enumerate(zip(names, arrays, shapes)):
+    for name, a, shape in zip(names, arrays, op.shapes(arrays)):
         if a.shape != shape:
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-        if a.flags.c_contiguous and (a.dtype == dtype or (i in op.labels and a.dtype == np.int64)):
+    for i, (name, a) in enumerate(zip(names, arrays)):
+        if op.kinds[i] == "w" and not _writeable(a):
+            raise ValueError(f"{name} is read-only; it is updated in place and must be "
+                             "writable")
+
+
+def _writeable(a) -> bool:
+    flags = getattr(a, "flags", None)
+    return getattr(flags, "writeable", True)
+
+
+def _converted(op: Op, names, arrays):
+    """The arrays as the kernel takes them: (arrays, [(copy, original)] to write back)."""
+    dtype = arrays[0].dtype
+    out, written = [], []
+    for i, (name, a) in enumerate(zip(names, arrays)):
+        want = np.dtype(np.int64) if i in op.ints or (
+            i in op.labels and a.dtype.kind in "iu") else dtype
+        if a.flags.c_contiguous and a.dtype == want:
             out.append(a)  # the common case: nothing to convert (NumPy or CuPy alike)
             continue
         xp = array_module(a)
-        if i in op.reads:
-            kind = np.int64 if a.dtype.kind in "iu" else dtype  # class ids stay integers
-            out.append(xp.ascontiguousarray(a, dtype=kind))
+        if op.kinds[i] == "r":
+            out.append(xp.ascontiguousarray(a, dtype=want))
             continue
-        if a.dtype != dtype:
+        if a.dtype != want:
             raise TypeError(f"{name} has dtype {a.dtype}; it is updated in place and must "
-                            f"have the dtype of {names[0]}, {dtype}")
-        if a.flags.c_contiguous:
-            out.append(a)
-        else:
-            tmp = xp.ascontiguousarray(a)
-            out.append(tmp)
-            written.append((tmp, a))
+                            f"have the dtype {want}")
+        tmp = xp.ascontiguousarray(a)
+        out.append(tmp)
+        written.append((tmp, a))
     return out, written
 
 
-# -- kernel outputs
-
-# The outputs of each op's last call, handed out again once nothing holds them any more (no
-# caller, no view): the kernels write every element, and a fresh large array costs page
-# faults on every call (about 1,300 per batch-norm step at 1024×4096 float32, most of its time).
-_output_cache: dict = {}
+# -- plans and sites
 
 
-def _output(key, shape, dtype, xp):
-    a = _output_cache.get(key)
-    # 3 references: the cache, ``a`` and getrefcount's argument; any holder or view adds one
-    if (a is not None and sys.getrefcount(a) == 3 and a.shape == shape and a.dtype == dtype
-            and array_module(a) is xp):
-        return a
-    a = _output_cache[key] = xp.empty(shape, dtype)
-    return a
+class Plan:
+    """``reference(*arrays, *scalars)`` prepared for arrays of these types, shapes, dtypes
+    and layouts (checked once, here): the path, the kernel, its launch shape, and, with
+    ``reuse``, the output buffers it refills at every call (else each call's are new).
+    ``plan(*arrays, scalars=...)`` runs it (``record``: the non-finite guard's, for ops that
+    take one); ``matches(arrays)`` says whether these arrays may use it."""
 
+    def __init__(self, reference, arrays, names=None, target=None, reuse=False):
+        op = self.op = OPS[reference]
+        self.reference, self.reuse = reference, reuse
+        self.names = names or _NAMES[reference]
+        self.stand_in = _stand_ins.get(type(arrays[0]))
+        plain = [a.view(np.ndarray) for a in arrays] if self.stand_in else list(arrays)
+        _check(op, self.names, plain)
+        self.expect = [(type(a), a.shape, a.dtype) for a in arrays]
+        self.last = list(arrays)
+        converted, written = _converted(op, self.names, plain)
+        self.direct = not written and all(c is a for c, a in zip(converted, plain))
+        self.mode = mode()
+        self.target = target if target is not None else _target(plain[0])
+        self.kernel = self.launch = self.launcher = None
+        if self.target is not None and op.takes(converted):
+            self.kernel = _kernel(op, self.target, plain[0].size)
+        xp = array_module(plain[0])
+        self.xp = xp
+        self.no_record = xp.zeros(FLAGS, dtype=np.int64) if "k" in op.kinds else None
+        if self.kernel is None:
+            self.outputs, self.work = [], []
+            return
+        dtype = self.dtype = plain[0].dtype
+        self.output_shapes = op.outputs(converted)
+        self.outputs = [xp.empty(shape, dtype) for shape in self.output_shapes] if reuse \
+            else self.output_shapes
+        self.work = [xp.zeros(shape, wdtype) for shape, wdtype in op.work]
+        kernel_in = [a.reshape(-1) for a in converted] if op.flat else converted
+        if self.target == "cuda":
+            self.launch = kernels(op.family, "cuda").launch(op.kernel, *kernel_in)
+            if is_cupy(plain[0]):
+                self.launcher = _cuda_jit().Launcher(self.kernel, self.launch)
 
-# -- the one runner
+    def matches(self, arrays) -> bool:
+        """True when ``arrays`` are the arrays of the last call, or of the same type, shape
+        and dtype and C-contiguous, and the switch still picks this plan's path."""
+        if len(arrays) != len(self.expect):
+            return False
+        for a, last, (kind, shape, dtype) in zip(arrays, self.last, self.expect):
+            if a is not last and (type(a) is not kind or a.shape != shape
+                                  or a.dtype != dtype or not a.flags.c_contiguous):
+                return False
+        return mode() == self.mode
 
+    def __call__(self, *arrays, scalars=(), record=None):
+        op = self.op
+        self.last = list(arrays)
+        if self.kernel is None or not self.direct:
+            return self._slow(arrays, scalars, record)
+        if self.stand_in is not None:
+            arrays = [a.view(np.ndarray) for a in arrays]
+            if record is not None:
+                record = record.view(np.ndarray)
+        if op.flat:
+            arrays = [a if a.ndim == 1 else a.reshape(-1) for a in arrays]
+        outputs = self.outputs
+        if outputs and not self.reuse:
+            outputs = [self.xp.empty(shape, self.dtype) for shape in self.output_shapes]
+        args = [*arrays, *map(float, scalars), *outputs, *self.work]
+        if self.no_record is not None:
+            args.append(self.no_record if record is None else record)
+        if self.target == "cpu":
+            self.kernel(*args)
+        elif not launch_cuda(self.kernel, self.launch, *args, launcher=self.launcher):
+            self.kernel = None  # failed to build: the reference from now on
+            return self._slow(arrays, scalars, record)
+        _record(op.kernel, self.target)
+        if self.stand_in is not None:
+            self.stand_in.launched(op.kernel)
+            outputs = [a.view(self.stand_in.array_type) for a in outputs]
+        return None if not outputs else outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-def call(reference, *arrays, scalars=(), target=None, names=None):
-    """``reference(*arrays, *scalars)`` on the path the arrays call for (``target`` forces
-    "cpu" or "cuda", for tests); returns what the reference returns."""
-    op = OPS[reference]
-    names = names or _NAMES[reference]
-    prepared, written = _prepare(op, names, arrays)
-    scalars = tuple(float(s) for s in scalars)  # one compiled signature per dtype
-    if target is None:
-        target = _target(arrays[0])
-    kernel = None
-    if target is not None and op.takes(prepared):
-        kernel = _kernel(op, target, arrays[0].size)
-    if kernel is not None:
-        xp = array_module(prepared[0])
-        outputs = [_output((op.kernel, i), shape, prepared[0].dtype, xp)
-                   for i, shape in enumerate(op.outputs(prepared))]
-        arrays_in = [a.reshape(-1) for a in prepared] if op.flat else prepared
-        args = (*arrays_in, *scalars, *outputs)
-        if target == "cpu":
-            kernel(*args)
-            ran = True
-        else:
-            ran = launch_cuda(kernel, kernels(op.family, target).launch(op.kernel, *arrays_in),
-                              *args)
-        if ran:
-            _record(op.kernel, target)
+    def _slow(self, arrays, scalars, record):
+        """Conversions and write-backs (arrays of other layouts or dtypes), or the reference."""
+        op = self.op
+        plain = [a.view(np.ndarray) for a in arrays] if self.stand_in else list(arrays)
+        if self.kernel is not None:
+            converted, written = _converted(op, self.names, plain)
+            result = Plan(self.reference, converted, self.names, self.target)(
+                *converted, scalars=scalars, record=record)
             for tmp, orig in written:
                 orig[...] = tmp
-            return None if not outputs else outputs[0] if len(outputs) == 1 else tuple(outputs)
-    _record(op.kernel, "reference")
-    reads = [p if i in op.reads else a for i, (a, p) in enumerate(zip(arrays, prepared))]
-    return reference(*reads, *scalars)
+            return result
+        _record(op.kernel, "reference")
+        converted, written = _converted(op, self.names, arrays)
+        reads = [c if op.kinds[i] == "r" else a for i, (a, c) in enumerate(zip(arrays,
+                                                                               converted))]
+        if record is None:
+            return self.reference(*reads, *scalars)
+        return _skipping(self.reference, reads, scalars, record, self.names)
 
 
-# -- the ops, with the reference's arguments
+def _skipping(rule, arrays, scalars, record, names):
+    """The reference update ``rule(*arrays, *scalars)`` applied only where record[SKIP] is 0,
+    decided on the device (each written array computed on a copy, then selected), with
+    Adam's ``t`` counting only the updates applied."""
+    xp = array_module(arrays[0])
+    scalars = list(scalars)
+    if "t" in names:
+        k = names.index("t") - len(arrays)
+        scalars[k] = scalars[k] - record[SKIPPED]  # a device scalar on CuPy: nothing read
+    op = OPS[rule]
+    copies = [a.copy() if op.kinds[i] == "w" else a for i, a in enumerate(arrays)]
+    rule(*copies, *scalars)
+    keep = record[SKIP:SKIP + 1] == 0
+    for i, (a, c) in enumerate(zip(arrays, copies)):
+        if op.kinds[i] == "w":
+            xp.copyto(a, c, where=keep)
 
 
-def optimizer_step(rule, p, g, state=(), scalars=()):
+class Site:
+    """A place that calls one op again and again (a layer's forward pass, an optimizer's
+    update): ``site(*arrays, scalars=...)`` runs the op through the plan of the last call
+    when the arrays fit it, else through a new one. Outputs are new arrays, or with
+    ``site.reuse = True`` the plan's buffers, refilled by the site's next call."""
+
+    __slots__ = ("reference", "names", "plan", "reuse")
+
+    def __init__(self, reference, names=None):
+        self.reference, self.names, self.plan, self.reuse = reference, names, None, False
+
+    def __call__(self, *arrays, scalars=(), record=None):
+        plan = self.plan
+        if plan is None or not plan.matches(arrays) or plan.reuse is not self.reuse:
+            plan = self.plan = Plan(self.reference, arrays, self.names, reuse=self.reuse)
+        return plan(*arrays, scalars=scalars, record=record)
+
+
+def call(reference, *arrays, scalars=(), target=None, names=None, record=None):
+    """``reference(*arrays, *scalars)`` on the path the arrays call for (``target`` forces
+    "cpu" or "cuda", for tests), with fresh outputs; returns what the reference returns."""
+    return Plan(reference, arrays, names, target)(*arrays, scalars=scalars, record=record)
+
+
+# -- the ops, with the reference's arguments (one-off calls; layers and optimizers hold Sites)
+
+
+def optimizer_step(rule, p, g, state=(), scalars=(), record=None):
     """``rule(p, g, *state, *scalars)`` (an optimizer rule of ``accel.functional``);
-    updates ``p`` and ``state`` in place."""
-    names = ["p", "g", *(f"state[{k}]" for k in range(len(state)))]
-    call(rule, p, g, *state, scalars=scalars, names=names)
+    updates ``p`` and ``state`` in place, unless the guard's ``record`` says skip."""
+    names = ["p", "g", *(f"state[{k}]" for k in range(len(state))),
+             *_NAMES[rule][2 + len(state):]]
+    call(rule, p, g, *state, scalars=scalars, names=names, record=record)
 
 
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):

@@ -12,7 +12,12 @@ of accel above ``backend``.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from .backend import array_module
+from .kernels.guard_record import FIRST, FLAGS, GRADIENT, LOSS, SKIP, SKIPPED, STATISTICS, WHAT
 
 # -- optimizer rules: (p, g, *state, *scalars), in place
 
@@ -71,14 +76,21 @@ def rmsprop(p, g, h, lr, decay_rate, eps, wd):
     p -= lr * g / (xp.sqrt(h) + eps)
 
 
-def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
-    """m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²; p ← shrink·p − step_size·m / (c2·√v + ε).
+def adam(p, g, m, v, beta1, beta2, eps, lr, t, folded, wd, shrink):
+    """m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²; p ← shrink·p − lr·m̂/(√v̂ + ε) with
+    m̂ = m/(1 − β1ᵗ), v̂ = v/(1 − β2ᵗ) (torch.optim.Adam), t the number of this update.
 
-    Standard form (torch.optim.Adam): step_size = lr/(1 − β1ᵗ), c2 = 1/√(1 − β2ᵗ), i.e.
-    p ← p − lr·m̂ / (√v̂ + ε). The book's folded form: step_size = lr·√(1 − β2ᵗ)/(1 − β1ᵗ),
-    c2 = 1. shrink = 1 − lr·wd_decoupled (AdamW), else 1.
+    Computed as p ← shrink·p − step_size·m/(c2·√v + ε), step_size = lr/(1 − β1ᵗ),
+    c2 = 1/√(1 − β2ᵗ). folded: the book's form, step_size = lr·√(1 − β2ᵗ)/(1 − β1ᵗ), c2 = 1
+    (ε then sits on √v, not on √v̂). shrink = 1 − lr·wd_decoupled (AdamW), else 1.
     """
     xp = array_module(p)
+    sqrt = math.sqrt if isinstance(t, (int, float)) else xp.sqrt  # t on the device: its sqrt
+    bc1, bc2 = 1 - beta1 ** t, 1 - beta2 ** t
+    if folded:
+        step_size, c2 = lr * sqrt(bc2) / bc1, 1.0
+    else:
+        step_size, c2 = lr / bc1, 1 / sqrt(bc2)
     if wd:
         g = g + wd * p
     if shrink != 1:
@@ -207,3 +219,50 @@ def sigmoid_binary_cross_entropy(z, t):
     losses = (xp.maximum(z, 0) - z * t + xp.log1p(e)) / n
     dz = (xp.where(z >= 0, 1, e) / (1 + e) - t) / n
     return losses, dz
+
+
+# -- the non-finite guard of a training step (the record's layout: accel.kernels.guard_record)
+
+
+def nonfinite_guard(loss, g, g_starts, buffers, buffer_starts, saved, record, iteration,
+                    sticky):
+    """Decide on the device whether a training step is finite, and keep its record.
+
+    The step is bad when loss + Σg + Σbuffers is not finite (NaN and ±Inf survive a sum,
+    taken in float64), or, with ``sticky``, when an earlier step was. A bad step sets
+    record[SKIP] (the optimizer's update then changes nothing), adds its iteration to the
+    record and puts the running statistics ``buffers`` back from ``saved``; a good one copies
+    them into ``saved``. At the first bad step the record keeps what was not finite: the loss,
+    which blocks ``g[g_starts[b]:g_starts[b + 1]]``, which running-statistics blocks.
+    Nothing is read back to the host.
+    """
+    xp = array_module(g)
+    f64 = xp.float64
+    with np.errstate(all="ignore"):  # NaN/Inf is what is looked for here (NumPy would warn)
+        total = loss.astype(f64).sum() + g.sum(dtype=f64) + buffers.sum(dtype=f64)
+    bad_now = ~xp.isfinite(total)
+    first_time = bad_now & (record[FIRST] == 0)
+    n_g, n_b = g_starts.size - 1, buffer_starts.size - 1
+    blocks = xp.concatenate([_nonfinite_blocks(g, g_starts), _nonfinite_blocks(buffers,
+                                                                                buffer_starts)])
+    what = ((~xp.isfinite(loss.astype(f64).sum())) * LOSS + blocks[:n_g].any() * GRADIENT
+            + blocks[n_g:].any() * STATISTICS)
+    record[FLAGS:FLAGS + n_g + n_b] = xp.where(first_time, blocks, record[FLAGS:FLAGS + n_g + n_b])
+    record[WHAT] = xp.where(first_time, what, record[WHAT])
+    record[FIRST] = xp.where(first_time, int(iteration), record[FIRST])
+    bad = bad_now | ((record[FIRST] != 0) & bool(sticky))
+    listed = xp.arange(FLAGS + n_g + n_b, record.size) == FLAGS + n_g + n_b + record[SKIPPED]
+    record[FLAGS + n_g + n_b:] = xp.where(listed & bad, int(iteration),
+                                          record[FLAGS + n_g + n_b:])
+    record[SKIPPED] += bad
+    record[SKIP] = bad
+    xp.copyto(buffers, saved, where=bad)
+    saved[...] = buffers
+
+
+def _nonfinite_blocks(a, starts):
+    """1 for each block a[starts[b]:starts[b + 1]] holding NaN/Inf, else 0 (int64)."""
+    xp = array_module(a)
+    count = xp.zeros(a.size + 1, dtype=xp.int64)
+    xp.cumsum(~xp.isfinite(a), out=count[1:])
+    return (count[starts[1:]] - count[starts[:-1]] > 0).astype(xp.int64)

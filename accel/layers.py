@@ -4,7 +4,9 @@ Layers compute through the ``xp`` of their inputs, so they run on NumPy or CuPy 
 ``backward`` never writes into the caller's arrays. Layers with parameters keep references
 to them (``W``, ``b``, ``gamma``, ``beta``) and write their gradients into ``dW``, ``db``,
 ``dgamma``, ``dbeta``: arrays of the same shapes which may be views into a network's flat
-gradient buffer.
+gradient buffer. What a layer returns is a new array, as in the book; ``reuse_outputs``
+(what a network does, which consumes each before the next call) lets the fused ops refill
+buffers of their own instead (``accel.dispatch.Site``): no allocation per step.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def _grad_like(p, given, name):
             f"got {given.shape} {given.dtype}"
         )
     return given
+
+
+def reuse_outputs(layers) -> None:
+    """Let the fused ops of ``layers`` refill their own output buffers at every call instead
+    of returning new arrays: for a caller that consumes each output before the next call of
+    the same layer (``MultiLayerNet``)."""
+    for layer in layers:
+        for site in vars(layer).values():
+            if isinstance(site, dispatch.Site):
+                site.reuse = True
 
 
 class Affine:
@@ -86,15 +98,20 @@ class _Activation:
 
     code = None  # functional.RELU / SIGMOID / TANH
 
+    def __init__(self):
+        self.out = None
+        self._forward = dispatch.Site(F.bias_activation)
+        self._backward = dispatch.Site(F.activation_backward_bias)
+
     def forward_bias(self, y, b):
         """f(y + b), computed in place in y."""
-        dispatch.bias_activation(y, b, self.code)
+        self._forward(y, b, scalars=(self.code,))
         self.out = y
         return y
 
     def backward_bias(self, dout, db):
         """dL/dy from dL/dout, with db ← Σ_rows dL/dy written in place."""
-        return dispatch.activation_backward_bias(dout, self.out, db, self.code)
+        return self._backward(dout, self.out, db, scalars=(self.code,))
 
 
 class ReLU(_Activation):
@@ -103,7 +120,8 @@ class ReLU(_Activation):
     code = F.RELU
 
     def __init__(self):
-        self.mask = self.out = None
+        super().__init__()
+        self.mask = None
 
     def forward(self, x, train: bool = False):
         self.mask = x > 0
@@ -118,9 +136,6 @@ class Sigmoid(_Activation):
 
     code = F.SIGMOID
 
-    def __init__(self):
-        self.out = None
-
     def forward(self, x, train: bool = False):
         xp = array_module(x)
         self.out = 0.5 * (1 + xp.tanh(0.5 * x))
@@ -134,9 +149,6 @@ class Tanh(_Activation):
     """out = tanh(x)."""
 
     code = F.TANH
-
-    def __init__(self):
-        self.out = None
 
     def forward(self, x, train: bool = False):
         self.out = array_module(x).tanh(x)
@@ -204,6 +216,9 @@ class BatchNorm:
         self.running_mean = xp.zeros_like(gamma) if running_mean is None else running_mean
         self.running_var = xp.ones_like(gamma) if running_var is None else running_var
         self.x = self.x_shape = self.mean = self.invstd = None
+        self._train = dispatch.Site(F.batchnorm_forward_train)
+        self._eval = dispatch.Site(F.batchnorm_forward_eval)
+        self._backward = dispatch.Site(F.batchnorm_backward)
 
     def forward(self, x, train: bool = False):
         _float_input("x", x)
@@ -215,8 +230,8 @@ class BatchNorm:
                 f"BatchNorm expects {self.gamma.shape[0]}"
             )
         if not train:
-            out = dispatch.batchnorm_forward_eval(
-                x, self.gamma, self.beta, self.running_mean, self.running_var, self.eps)
+            out = self._eval(x, self.gamma, self.beta, self.running_mean, self.running_var,
+                             scalars=(self.eps,))
             return out.reshape(self.x_shape)
         if x.shape[0] < 2:
             raise ValueError(
@@ -224,15 +239,15 @@ class BatchNorm:
                 f"{self.x_shape} (the variance of one sample is 0)"
             )
         self.x = x
-        out, self.mean, self.invstd = dispatch.batchnorm_forward_train(
+        out, self.mean, self.invstd = self._train(
             x, self.gamma, self.beta, self.running_mean, self.running_var,
-            self.momentum, self.eps)
+            scalars=(self.momentum, self.eps))
         return out.reshape(self.x_shape)
 
     def backward(self, dout):
         dy = dout.reshape(dout.shape[0], -1)
-        dx = dispatch.batchnorm_backward(dy, self.x, self.gamma, self.mean, self.invstd,
-                                         self.dgamma, self.dbeta)  # in place: the grad buffer
+        dx = self._backward(dy, self.x, self.gamma, self.mean, self.invstd, self.dgamma,
+                            self.dbeta)  # dgamma, dbeta in place: the grad buffer
         return dx.reshape(self.x_shape)
 
 
@@ -246,6 +261,7 @@ class SoftmaxWithLoss:
 
     def __init__(self):
         self.dx = self.t = None
+        self._site = dispatch.Site(F.softmax_cross_entropy)
 
     def forward(self, x, t, train: bool = False, check: bool = True):
         """The loss (a 0-d array). ``check=False`` skips the label checks (class ids in
@@ -258,7 +274,7 @@ class SoftmaxWithLoss:
         elif getattr(t, "shape", (None,))[0] != n:
             raise ValueError(f"t must have {n} labels (one per row of x), got shape "
                              f"{getattr(t, 'shape', None)}")
-        losses, self.dx = dispatch.softmax_cross_entropy(x, t)
+        losses, self.dx = self._site(x, t)
         self.t = t
         return losses.sum()
 

@@ -21,6 +21,7 @@ from .layers import (
     SigmoidWithLoss,
     SoftmaxWithLoss,
     Tanh,
+    reuse_outputs,
 )
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -108,6 +109,7 @@ class MultiLayerNet:
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
         self.last_layer = OUTPUTS[self.output]()
         self.passes = _fuse(self.layers)
+        reuse_outputs([*self.layers, self.last_layer])  # each consumed within its step
 
     def __repr__(self) -> str:
         return (f"MultiLayerNet(sizes={self.sizes}, activation={self.activation!r}, "
@@ -165,6 +167,11 @@ class MultiLayerNet:
         """Cross-entropy (binary for a sigmoid output) + ½·weight_decay·ΣW², as a Python
         float."""
         return float(self._loss(*self.prepare(x, t), train))
+
+    def forward_loss(self, x, t, train: bool = False):
+        """``loss`` of prepared ``x``, ``t`` (see ``prepare``; nothing is checked) as a 0-d
+        array on the device: nothing is read back (the trainer's after-update loss)."""
+        return self._loss(x, t, train)
 
     def _loss(self, x, t, train):
         loss = self.last_layer.forward(self._predict(x, train), t, check=False)

@@ -16,6 +16,13 @@ a new array (``copy``, ``astype``, ``argmax``, a fancy-index read), an item assi
 operation: its own work is not counted inside). Free: views (slices, ``reshape``, ``.T``),
 ``empty``, host scalars. NumPy's composite methods count their parts (``mean`` is a sum and
 a divide, which CuPy fuses into one kernel): for those a count is an upper bound.
+
+As strict as CuPy where an ndarray subclass can be: a NumPy array, list or tuple as an
+operand of a device operation, a stack/concatenate of anything but device arrays, and an
+array built from a list holding device arrays raise TypeError, as CuPy does. Reads of a
+device value on the host (``float``, ``int``, ``bool``, ``item``, ``tolist``, formatting,
+``accel.to_numpy``/``.get()``) wait for the device on a GPU: ``Count.host_reads`` counts them
+(a conversion by ``np.asarray``, which CuPy refuses, cannot be seen by a subclass).
 """
 
 from __future__ import annotations
@@ -36,6 +43,42 @@ def _add(name: str) -> None:
     for count in _counts:
         count.ops[name] += 1
         count.by_scope[count.scope] += 1
+
+
+def _read(kind: str) -> None:
+    """A device value read on the host (a sync on a GPU)."""
+    for count in _counts:
+        count.host_reads[kind] += 1
+
+
+# functions whose first argument is a sequence of arrays: CuPy takes only CuPy arrays there
+_SEQUENCE_FUNCTIONS = {"stack", "concatenate", "vstack", "hstack", "dstack", "column_stack",
+                       "block"}
+
+
+def _refuse_host_operands(operands, what) -> None:
+    """TypeError, as CuPy, for a NumPy array, list or tuple where a device array must be."""
+    for a in operands:
+        if isinstance(a, (np.ndarray, list, tuple)) and not isinstance(a, CountingArray):
+            raise TypeError(f"Unsupported type {type(a)} in {what}: CuPy refuses host data as "
+                            "an operand of a device operation (upload it with xp.asarray)")
+
+
+def _refuse_non_device(sequence, what) -> None:
+    """TypeError, as CuPy, unless every element of ``sequence`` is a device array."""
+    for a in sequence:
+        if not isinstance(a, CountingArray):
+            raise TypeError(f"{what}: CuPy takes only CuPy arrays here, got {type(a)}")
+
+
+def _refuse_device_in_list(obj, what) -> None:
+    """TypeError, as CuPy, for a list/tuple holding device arrays (an implicit download)."""
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            if isinstance(v, CountingArray):
+                raise TypeError(f"{what}: implicit conversion to a NumPy array is not allowed "
+                                "(CuPy refuses a list holding device arrays; use xp.stack)")
+            _refuse_device_in_list(v, what)
 
 
 def _plain(a):
@@ -72,7 +115,9 @@ class CountingArray(np.ndarray):
     """An ndarray whose operations are counted in the active ``Count`` (see the module)."""
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        _add(ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}")
+        name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+        _refuse_host_operands([*inputs, *(out or ())], name)
+        _add(name)
         if out is not None:
             kwargs["out"] = _plain(out)
         result = getattr(ufunc, method)(*_plain(inputs), **kwargs)
@@ -81,6 +126,10 @@ class CountingArray(np.ndarray):
         return _wrap(result)
 
     def __array_function__(self, func, types, args, kwargs):
+        if func.__name__ in _SEQUENCE_FUNCTIONS:
+            _refuse_non_device(args[0], func.__name__)
+        else:
+            _refuse_host_operands([*args, *kwargs.values()], func.__name__)
         args, kwargs = _plain(args), {k: _plain(v) for k, v in kwargs.items()}
         result = func(*args, **kwargs)
         if _new(result, [*args, *kwargs.values()]):
@@ -96,6 +145,49 @@ class CountingArray(np.ndarray):
     def __setitem__(self, index, value):
         _add("setitem")
         super().__setitem__(index, _plain(value))
+
+    # reads of a device value on the host: counted (each waits for the device on a GPU)
+
+    def __float__(self):
+        _read("float")
+        return float(self.view(np.ndarray))
+
+    def __int__(self):
+        _read("int")
+        return int(self.view(np.ndarray))
+
+    def __index__(self):
+        _read("index")
+        return self.view(np.ndarray).__index__()
+
+    def __bool__(self):
+        _read("bool")
+        return bool(self.view(np.ndarray))
+
+    def __format__(self, spec):
+        _read("format")
+        return format(self.view(np.ndarray), spec)
+
+    def __str__(self):
+        _read("str")
+        return str(self.view(np.ndarray))
+
+    def __repr__(self):
+        _read("repr")
+        return repr(self.view(np.ndarray)).replace("array", "CountingArray", 1)
+
+    def item(self, *args):
+        _read("item")
+        return self.view(np.ndarray).item(*args)
+
+    def tolist(self):
+        _read("tolist")
+        return self.view(np.ndarray).tolist()
+
+    def get(self):
+        """A NumPy copy, as CuPy's ``get()`` (what ``accel.to_numpy`` calls)."""
+        _read("get")
+        return self.view(np.ndarray).copy()
 
 
 def _counted_method(name):
@@ -116,6 +208,10 @@ for _name in ("copy", "astype", "argmax", "argmin", "dot", "take", "flatten", "c
     setattr(CountingArray, _name, _counted_method(_name))
 
 
+# a fused op on counting arrays runs the CPU kernel, as one operation (its own work unseen)
+dispatch.register_stand_in(dispatch.StandIn(CountingArray, lambda kernel: _add(f"kernel {kernel}")))
+
+
 class _CountingNumpy:
     """``numpy`` as a backend's ``xp``: array creation returns CountingArray; a filled
     allocation (anything but ``empty``) counts as one operation."""
@@ -129,8 +225,13 @@ class _CountingNumpy:
 
         @functools.wraps(attr)
         def create(*args, **kwargs):
+            if name in _SEQUENCE_FUNCTIONS and args:
+                _refuse_non_device(args[0], name)
+                return attr(*args, **kwargs)  # counted by CountingArray itself
             if any(isinstance(a, CountingArray) for a in (*args, *kwargs.values())):
                 return attr(*args, **kwargs)  # counted by CountingArray itself
+            for a in (*args, *kwargs.values()):
+                _refuse_device_in_list(a, name)
             result = attr(*args, **kwargs)
             if name not in self.FREE and isinstance(result, np.ndarray):
                 _add(name)
@@ -178,12 +279,12 @@ def backend() -> CountingBackend:
 
 class Count:
     """Operations issued inside ``with Count() as c:`` — ``c.total``, ``c.ops`` (per
-    operation name), ``c.by_scope`` (per scope, see ``scope``)."""
+    operation name), ``c.by_scope`` (per scope, see ``scope``), and ``c.host_reads`` (device
+    values read on the host, per kind: "float", "bool", "item", "get", ...)."""
 
     def __init__(self):
-        self.ops, self.by_scope = Counter(), Counter()
+        self.ops, self.by_scope, self.host_reads = Counter(), Counter(), Counter()
         self.scope = "other"
-        self._call = None
 
     @property
     def total(self) -> int:
@@ -191,23 +292,10 @@ class Count:
 
     def __enter__(self):
         _counts.append(self)
-        if len(_counts) == 1:  # a fused kernel is one operation, its inputs' work unseen
-            self._call = real = dispatch.call
-
-            def counted_call(reference, *arrays, **kwargs):
-                plain = [_plain(a) for a in arrays]
-                if dispatch.route(reference, *plain) is None:  # the reference, op by op
-                    return reference(*arrays, *kwargs.get("scalars", ()))
-                _add(f"kernel {dispatch.OPS[reference].kernel}")
-                return _wrap(real(reference, *plain, **kwargs))
-
-            dispatch.call = counted_call
         return self
 
     def __exit__(self, *exc):
         _counts.remove(self)
-        if self._call is not None:
-            dispatch.call = self._call
 
     @contextlib.contextmanager
     def as_scope(self, name: str):

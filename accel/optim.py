@@ -9,12 +9,17 @@ model; otherwise one call per array. ``lr`` may be changed between steps.
 
 ``weight_decay`` (every optimizer but AdamW) is the coupled L2 term g ← g + wd·p; AdamW's is
 decoupled: p ← p·(1 − lr·wd) before the Adam step.
+
+``update(params, grads, record=...)`` takes the non-finite guard's device record (see
+``accel.nonfinite``): a step the guard marks bad changes nothing, decided on the device. The
+step counter ``t`` counts ``update`` calls; the updates skipped on the device are subtracted
+in the kernel (Adam's bias correction counts the applied ones), and from ``t`` itself when the
+host reads the record (``skipped(n)``).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 
 from . import checks, dispatch
 from . import functional as F
@@ -34,6 +39,7 @@ class Optimizer:
         self.weight_decay = checks.non_negative("weight_decay", weight_decay)
         self.t = 0  # steps taken
         self.state: dict = {}  # key ("flat" or a param name) → tuple of state arrays
+        self._sites: dict = {}  # key → the dispatch Site of its update
 
     @property
     def lr(self):
@@ -122,9 +128,10 @@ class Optimizer:
         """The rule's scalar arguments for step ``self.t`` (after the arguments p, g, state)."""
         raise NotImplementedError
 
-    def update(self, params, grads) -> None:
+    def update(self, params, grads, record=None) -> None:
         """One step: params ← rule(params, grads), in place (the fused kernel or the
-        reference, as ``accel.dispatch`` decides)."""
+        reference, as ``accel.dispatch`` decides); nothing changes where the non-finite
+        guard's ``record`` (a device array) marks the step bad."""
         pairs = _pairs(params, grads)
         self.t += 1
         scalars = self.scalars()
@@ -133,7 +140,24 @@ class Optimizer:
             if state is None:
                 xp = array_module(p)
                 state = self.state[key] = tuple(xp.zeros_like(p) for _ in self.state_names)
-            dispatch.optimizer_step(type(self).rule, p, g, state, scalars)
+            site = self._sites.get(key)
+            if site is None:
+                site = self._sites[key] = dispatch.Site(type(self).rule, _arg_names(
+                    type(self).rule, key, len(state)))
+            site(p, g, *state, scalars=scalars, record=record)
+
+    def skipped(self, n: int) -> None:
+        """``n`` of the updates counted in ``t`` were skipped on the device (the guard's
+        record says so when the host reads it): ``t`` counts the applied ones again."""
+        self.t -= int(n)
+
+
+def _arg_names(rule, key, n_state):
+    """The names errors use for the rule's arguments: params[key], grads[key], state."""
+    where = "" if key == "flat" else f"[{key!r}]"
+    params = list(inspect.signature(rule).parameters)
+    names = [f"params{where}", f"grads{where}", *(f"state[{k}]" for k in range(n_state))]
+    return (*names, *params[len(names):])
 
 
 def _pairs(params, grads):
@@ -252,14 +276,8 @@ class Adam(Optimizer):
         return self.weight_decay, 1.0
 
     def scalars(self):
-        bc1 = 1 - self.beta1 ** self.t
-        bc2 = 1 - self.beta2 ** self.t
-        if self.folded:
-            step_size, c2 = self.lr * math.sqrt(bc2) / bc1, 1.0
-        else:
-            step_size, c2 = self.lr / bc1, 1 / math.sqrt(bc2)
         wd, shrink = self._decay()
-        return (self.beta1, self.beta2, self.eps, step_size, c2, wd, shrink)
+        return (self.beta1, self.beta2, self.eps, self.lr, self.t, self.folded, wd, shrink)
 
 
 class AdamW(Adam):

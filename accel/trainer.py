@@ -18,6 +18,7 @@ import numpy as np
 from . import checkpoint, checks
 from .history import History
 from .interrupt import StepBoundary, TrainingInterrupted
+from .nonfinite import MODES as NONFINITE_MODES
 from .nonfinite import NonFiniteError, NonFiniteGuard
 from .preprocessing import batch_bounds, minibatch_partition
 
@@ -68,7 +69,11 @@ class Trainer:
     - ``on_nonfinite``: "raise" (default) stops with NonFiniteError naming the iteration and
       the parameters whose gradient is NaN/Inf; "skip" drops that step (no update, BatchNorm
       running statistics restored) and counts it in ``History.skipped_steps``; None turns the
-      check off. The check is one reduction over the flat gradient buffer per step.
+      check off. The check is one fused op per step, decided on the device (``accel.nonfinite``):
+      the host learns of a bad step where it waits for the device anyway (the end of the
+      epoch, a progress refresh), and then raises or counts it; with "raise" every step
+      after the bad one is skipped too, so the parameters, the optimizer state and its step
+      counter, the running statistics and ``History.iterations`` are those before it.
     - Ctrl-C (SIGINT) stops at the next step boundary, writes a final checkpoint when
       ``checkpoint_dir`` is set, prints its path and raises TrainingInterrupted (a
       KeyboardInterrupt); a second Ctrl-C stops at once.
@@ -89,7 +94,8 @@ class Trainer:
         self.schedule_unit = checks.one_of("schedule_unit", schedule_unit, SCHEDULE_UNITS)
         self.on_evaluate = _hooks(on_evaluate)
         self.record_loss = checks.one_of("record_loss", record_loss, RECORD_LOSS)
-        self.guard = NonFiniteGuard(network, on_nonfinite)
+        if on_nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"on_nonfinite={on_nonfinite!r} is not one of {NONFINITE_MODES}")
         if checkpoint_every is not None:
             checks.positive("checkpoint_every", checkpoint_every, integer=True)
             if checkpoint_dir is None:
@@ -129,6 +135,9 @@ class Trainer:
         # one sample (no variance) joins the batch before it, so every sample is still seen.
         self.min_last = 2 if network.batchnorm else 1
         self.batches = batch_bounds(self.n_train, self.batch_size, self.min_last)
+        self.guard = NonFiniteGuard(network, on_nonfinite,
+                                    capacity=self.iterations_per_epoch() + 1)
+        self._positions = {}  # iteration → (epoch, offset) where it started, since the last sync
         self.rng = np.random.default_rng(checks.seed("seed", seed))
         self.history = History()
         self.epoch, self.offset = 0, 0  # where the next step starts: epoch, sample index
@@ -202,17 +211,31 @@ class Trainer:
 
     def step(self, x, t):
         """One mini-batch: gradient, non-finite check, optimizer update. Returns the loss
-        (a 0-d device array); a step skipped by on_nonfinite="skip" is counted in the
-        history and not applied."""
+        (a 0-d device array). Nothing is read back from the device: a step the guard finds
+        bad is not applied, and the host learns of it at the next ``sync_guard()``."""
         h = self.history
-        loss, grads = self.guard.loss_and_grads(x, t, h.iterations + 1, self.epoch + 1)
+        loss, grads, record = self.guard.step(x, t, h.iterations + 1)
         h.iterations += 1
-        if grads is None:
-            h.skipped_steps += 1
-            h.skipped.append(h.iterations)
-        else:
-            self.optimizer.update(self.network.params, grads)
+        self.optimizer.update(self.network.params, grads, record=record)
         return loss
+
+    def sync_guard(self) -> None:
+        """Read the non-finite guard's record (one small device→host copy; ``fit`` does at
+        the end of each epoch and at progress refreshes): with "raise" and a bad step, put
+        the position back to it and raise NonFiniteError; with "skip", count the skipped
+        steps in the history. The optimizer's step counter drops the skipped updates."""
+        verdict = self.guard.sync()
+        positions, self._positions = self._positions, {}
+        if verdict is None:
+            return
+        self.optimizer.skipped(verdict.skipped)
+        h = self.history
+        if self.guard.mode == "raise" or verdict.parameters:
+            self.epoch, self.offset = positions.get(verdict.first, (self.epoch, self.offset))
+            h.iterations = verdict.first - 1
+            raise self.guard.error(verdict, self.epoch + 1)
+        h.skipped_steps += verdict.skipped
+        h.skipped.extend(verdict.iterations)
 
     # -- the loop
 
@@ -224,12 +247,14 @@ class Trainer:
         lock = contextlib.nullcontext() if self.checkpoint_dir is None else \
             checkpoint.DirectoryLock(self.checkpoint_dir)
         with lock, StepBoundary() as stop, _progress_logging(self._bar_wanted()):
-            if self.resume is not None:
+            resumed = self.resume is not None
+            if resumed:
                 self.load_checkpoint(self.resume)
                 path, self.resume = self.resume, None  # a second fit() continues from memory
                 self._say(f"resumed from {path} at epoch {self.epoch + 1}, iteration "
                           f"{self.history.iterations}")
-            elif not self.history.epoch:
+            self.guard.begin()
+            if not resumed and not self.history.epoch:
                 if self.schedule is not None:
                     self._apply_schedule(0)
                 self.evaluate(0)
@@ -259,23 +284,31 @@ class Trainer:
         order = self._epoch_order()
         bar = self._bar(epoch)
         losses = []
-        for start, end in self.batches:
-            if start < self.offset:  # continuing an epoch: these batches are done
-                continue
-            idx = order[start:end]
-            x, t = self.x_train[idx], self.t_train[idx]
-            if per_step:  # schedule(iteration), the iteration counted from 0 over the run
-                self._apply_schedule(h.iterations)
-            losses.append(self.step(x, t))
-            if self.record_loss == "after_update":  # the book's trainer
-                losses[-1] = self.network.loss(x, t)
+        try:
+            for start, end in self.batches:
+                if start < self.offset:  # continuing an epoch: these batches are done
+                    continue
+                idx = order[start:end]
+                x, t = self.x_train[idx], self.t_train[idx]
+                self._positions[h.iterations + 1] = (epoch, start)
+                if per_step:  # schedule(iteration), the iteration counted from 0 over the run
+                    self._apply_schedule(h.iterations)
+                losses.append(self.step(x, t))
+                if self.record_loss == "after_update":  # the book's trainer
+                    losses[-1] = self.network.forward_loss(x, t)
+                if bar is not None:
+                    bar.update(1)
+                    if h.iterations % 20 == 0:  # a refresh reads the device: sync here
+                        self.sync_guard()
+                        bar.set_postfix(loss=f"{float(losses[-1]):.4g}", refresh=False)
+                self.offset = end % self.n_train
+                if stop.hit or self._at_max_iterations():
+                    break
+            self.sync_guard()
+        except NonFiniteError:
             if bar is not None:
-                bar.update(1)
-                if h.iterations % 20 == 0:
-                    bar.set_postfix(loss=f"{float(losses[-1]):.4g}", refresh=False)
-            self.offset = end % self.n_train
-            if stop.hit or self._at_max_iterations():
-                break
+                bar.close()
+            raise
         # Losses stay on the device until here: one transfer per epoch, not one per step.
         if losses:
             self.history.train_loss.extend(

@@ -42,7 +42,8 @@ import numpy as np
 ADAM_SIZES = [10**4, 10**5, 10**6, 10**7]
 BN_SHAPES = [(128, 128), (256, 512), (1024, 1024), (1024, 4096)]
 MLP = dict(input_size=784, hidden=[100] * 4, output_size=10, batch=128)
-ADAM_SCALARS = (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0)  # beta1, beta2, eps, step, c2, wd, shrink
+# beta1, beta2, eps, lr, t, folded, wd, shrink
+ADAM_SCALARS = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0)
 
 
 def median_time(fn, repeat, warmup=2, min_time=0.0):
@@ -312,7 +313,7 @@ from accel import dispatch, functional
 t_import = time.perf_counter() - t0
 p = np.ones(1000, np.float32); g = p.copy(); m = np.zeros_like(p); v = np.zeros_like(p)
 t0 = time.perf_counter()
-dispatch.optimizer_step(functional.adam, p, g, (m, v), (0.9, 0.999, 1e-8, 1e-3, 1.0, 0.0, 1.0))
+dispatch.optimizer_step(functional.adam, p, g, (m, v), (0.9, 0.999, 1e-8, 1e-3, 1, 0, 0.0, 1.0))
 t_adam = time.perf_counter() - t0
 x = np.ones((8, 4), np.float32); ga = np.ones(4, np.float32); be = np.zeros(4, np.float32)
 t0 = time.perf_counter()

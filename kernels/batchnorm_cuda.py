@@ -42,9 +42,8 @@ The formulas, the shift k = x[0, j], the float64 accumulation and the elementwis
 import math
 
 import numpy as np
-from numba import cuda, float64
 
-from .cuda_jit import grid_stride, jit
+from .cuda_jit import cuda, float64, grid_stride, jit
 
 COLS, ROWS = 32, 16  # the reduction block: COLS columns × ROWS row lanes (ROWS a power of 2)
 

@@ -10,9 +10,7 @@ shared-memory tree adds the ROWS partial sums. Parallelism for the book's shapes
 
 import math
 
-from numba import cuda, float64
-
-from .cuda_jit import grid_stride, jit
+from .cuda_jit import cuda, float64, grid_stride, jit
 
 COLS, ROWS = 32, 8  # the column-sum block: COLS columns × ROWS row lanes (ROWS a power of 2)
 

@@ -1,8 +1,11 @@
 """Fused optimizer updates on the CPU: one parallel loop over a contiguous 1-D buffer.
 
-Each kernel takes exactly the arguments of its ``xp`` reference in ``accel.optim``
-(p, g, *state, *scalars), updates p and the state in place, and reads line for line like
-its CUDA twin in ``optim_cuda``. Coupled L2 weight decay is fused (gi = g + wd·p; wd = 0
+Each kernel takes the arguments of its ``xp`` reference in ``accel.functional``
+(p, g, *state, *scalars), then the non-finite guard's ``record`` (``guard_record``: a step
+the guard skips changes nothing, decided here on the device), updates p and the state in
+place, and reads line for line like its CUDA twin in ``optim_cuda``. Adam's bias
+corrections are computed here from the step count t less the skipped steps, so a skipped
+step does not count. Coupled L2 weight decay is fused (gi = g + wd·p; wd = 0
 leaves g as it is). ``f = p.dtype.type``: the host's scalars are cast once to the buffers'
 dtype and all arithmetic is done in it, in the reference's order, so a float32 buffer gets
 float32 math (twice the SIMD lanes of float64) and the same roundings as NumPy's reference.
@@ -13,10 +16,13 @@ import math
 from numba import prange
 
 from .cpu_jit import jit, serial_twins
+from .guard_record import SKIP, SKIPPED
 
 
 @jit
-def sgd(p, g, lr, wd):
+def sgd(p, g, lr, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, wd = f(lr), f(wd)
     for i in prange(p.size):
@@ -25,7 +31,9 @@ def sgd(p, g, lr, wd):
 
 
 @jit
-def momentum(p, g, v, lr, mu, dampening, wd):
+def momentum(p, g, v, lr, mu, dampening, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, mu, keep, wd = f(lr), f(mu), f(1 - dampening), f(wd)
     for i in prange(p.size):
@@ -35,7 +43,9 @@ def momentum(p, g, v, lr, mu, dampening, wd):
 
 
 @jit
-def nesterov(p, g, v, lr, mu, wd):
+def nesterov(p, g, v, lr, mu, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, mu, mu2, lr1 = f(lr), f(mu), f(mu * mu), f((1 + mu) * lr)
     wd = f(wd)
@@ -47,7 +57,9 @@ def nesterov(p, g, v, lr, mu, wd):
 
 
 @jit
-def adagrad(p, g, h, lr, eps, wd):
+def adagrad(p, g, h, lr, eps, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, eps, wd = f(lr), f(eps), f(wd)
     for i in prange(p.size):
@@ -57,7 +69,9 @@ def adagrad(p, g, h, lr, eps, wd):
 
 
 @jit
-def rmsprop(p, g, h, lr, decay_rate, eps, wd):
+def rmsprop(p, g, h, lr, decay_rate, eps, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     rho, keep, lr, eps, wd = f(decay_rate), f(1 - decay_rate), f(lr), f(eps), f(wd)
     for i in prange(p.size):
@@ -67,7 +81,15 @@ def rmsprop(p, g, h, lr, decay_rate, eps, wd):
 
 
 @jit
-def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
+def adam(p, g, m, v, beta1, beta2, eps, lr, t, folded, wd, shrink, record):
+    if record[SKIP]:
+        return
+    n = t - record[SKIPPED]  # updates applied, this one included
+    bc1, bc2 = 1 - beta1 ** n, 1 - beta2 ** n
+    if folded:
+        step_size, c2 = lr * math.sqrt(bc2) / bc1, 1.0
+    else:
+        step_size, c2 = lr / bc1, 1 / math.sqrt(bc2)
     f = p.dtype.type
     b1, keep1, b2, keep2 = f(beta1), f(1 - beta1), f(beta2), f(1 - beta2)
     eps, step_size, c2, wd, shrink = f(eps), f(step_size), f(c2), f(wd), f(shrink)

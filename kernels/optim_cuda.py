@@ -1,7 +1,7 @@
 """Fused optimizer updates on a CUDA GPU: one launch over a contiguous 1-D buffer.
 
-The CUDA twins of ``optim_cpu``: the same arguments (p, g, *state, *scalars), names and
-arithmetic, line for line; the CPU's ``prange`` loop is a grid-stride loop here, so any grid
+The CUDA twins of ``optim_cpu``: the same arguments (p, g, *state, *scalars, record), names
+and arithmetic, line for line; the CPU's ``prange`` loop is a grid-stride loop here, so any grid
 covers any size. Arrays come in as CuPy arrays (through ``__cuda_array_interface__``) or
 Numba device arrays; ``accel.dispatch`` picks the grid and the stream. As on the CPU, the
 scalars are cast once to the buffers' dtype (``f = p.dtype.type``) and the math is done in it.
@@ -9,13 +9,14 @@ scalars are cast once to the buffers' dtype (``f = p.dtype.type``) and the math 
 
 import math
 
-from numba import cuda
-
-from .cuda_jit import grid_stride, jit
+from .cuda_jit import cuda, grid_stride, jit
+from .guard_record import SKIP, SKIPPED
 
 
 @jit
-def sgd(p, g, lr, wd):
+def sgd(p, g, lr, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, wd = f(lr), f(wd)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
@@ -24,7 +25,9 @@ def sgd(p, g, lr, wd):
 
 
 @jit
-def momentum(p, g, v, lr, mu, dampening, wd):
+def momentum(p, g, v, lr, mu, dampening, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, mu, keep, wd = f(lr), f(mu), f(1 - dampening), f(wd)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
@@ -34,7 +37,9 @@ def momentum(p, g, v, lr, mu, dampening, wd):
 
 
 @jit
-def nesterov(p, g, v, lr, mu, wd):
+def nesterov(p, g, v, lr, mu, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, mu, mu2, lr1 = f(lr), f(mu), f(mu * mu), f((1 + mu) * lr)
     wd = f(wd)
@@ -46,7 +51,9 @@ def nesterov(p, g, v, lr, mu, wd):
 
 
 @jit
-def adagrad(p, g, h, lr, eps, wd):
+def adagrad(p, g, h, lr, eps, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     lr, eps, wd = f(lr), f(eps), f(wd)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
@@ -56,7 +63,9 @@ def adagrad(p, g, h, lr, eps, wd):
 
 
 @jit
-def rmsprop(p, g, h, lr, decay_rate, eps, wd):
+def rmsprop(p, g, h, lr, decay_rate, eps, wd, record):
+    if record[SKIP]:
+        return
     f = p.dtype.type
     rho, keep, lr, eps, wd = f(decay_rate), f(1 - decay_rate), f(lr), f(eps), f(wd)
     for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
@@ -66,7 +75,15 @@ def rmsprop(p, g, h, lr, decay_rate, eps, wd):
 
 
 @jit
-def adam(p, g, m, v, beta1, beta2, eps, step_size, c2, wd, shrink):
+def adam(p, g, m, v, beta1, beta2, eps, lr, t, folded, wd, shrink, record):
+    if record[SKIP]:
+        return
+    n = t - record[SKIPPED]  # updates applied, this one included
+    bc1, bc2 = 1 - beta1 ** n, 1 - beta2 ** n
+    if folded:
+        step_size, c2 = lr * math.sqrt(bc2) / bc1, 1.0
+    else:
+        step_size, c2 = lr / bc1, 1 / math.sqrt(bc2)
     f = p.dtype.type
     b1, keep1, b2, keep2 = f(beta1), f(1 - beta1), f(beta2), f(1 - beta2)
     eps, step_size, c2, wd, shrink = f(eps), f(step_size), f(c2), f(wd), f(shrink)

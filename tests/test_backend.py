@@ -47,3 +47,34 @@ def test_cupy_unavailable_says_how_to_install(monkeypatch):
     monkeypatch.delitem(bk._cache, "cupy", raising=False)
     with pytest.raises(RuntimeError, match=r"pip install 'accel-dlfs\[cuda12\]'"):
         bk.get_backend("cupy")
+
+
+@pytest.mark.parametrize("error, said", [
+    ("ModuleNotFoundError: No module named 'cupy'", "(CuPy is not installed)"),
+    ("CUDARuntimeError: cudaErrorInsufficientDriver: CUDA driver version is insufficient",
+     "(CuPy cannot use a GPU here: CUDARuntimeError: cudaErrorInsufficientDriver"),
+])
+def test_auto_says_why_it_chose_numpy(monkeypatch, capsys, error, said):
+    def no_cupy():
+        bk._cupy_error = error
+        return None
+
+    monkeypatch.setattr(bk, "_import_cupy", no_cupy)
+    monkeypatch.delenv("ACCEL_BACKEND", raising=False)
+    monkeypatch.delitem(bk._cache, "auto", raising=False)
+    assert bk.get_backend("auto").name == "numpy"
+    assert f"accel: backend auto -> numpy {said}" in capsys.readouterr().err
+    bk._cache.pop("auto", None)
+
+
+def test_auto_with_cupy_but_no_usable_gpu_is_numpy_and_says_why(capsys, monkeypatch):
+    """Where CuPy is installed but sees no GPU (no driver: the GPU rehearsal's machine), the
+    real import path, not a stand-in."""
+    pytest.importorskip("cupy")
+    if bk.cupy_available():
+        pytest.skip("CuPy sees a GPU here")
+    monkeypatch.delenv("ACCEL_BACKEND", raising=False)
+    monkeypatch.delitem(bk._cache, "auto", raising=False)
+    assert bk.get_backend("auto").name == "numpy"
+    assert "(CuPy cannot use a GPU here: " in capsys.readouterr().err
+    bk._cache.pop("auto", None)

@@ -35,6 +35,7 @@ def report(tmp_path_factory):
     path = out / "gpu_check-compile-only.json"
     assert path.exists(), proc.stdout + proc.stderr
     rep = json.loads(path.read_text())
+    rep["compile"] = rep["stages"]["compile"]
     problem = rep["compile"]["nvvm_problem"]
     if problem:
         pytest.fail(f"cannot compile CUDA kernels: {problem} (set {OPT_OUT}=1 to opt out)")
@@ -52,12 +53,12 @@ def test_every_kernel_compiles_for_every_dtype_and_cc(report):
     rows = report["compile"]["rows"]
     assert report["gpu"] is None and report["gpu_skipped"]
     assert {(r["kernel"], r["dtype"], r["cc"]) for r in rows} == _expected()
-    assert len(rows) == len(_expected()) == 12 * 2 * 2
+    assert len(rows) == len(_expected()) == 13 * 2 * 2
     bad = [(r["kernel"], r["dtype"], r["cc"], r["error"]) for r in rows if not r["ok"]]
     assert not bad, bad
     assert all(r["ptx_entries"] >= 1 for r in rows)
     assert report["returncode"] == 0, report["output"][-3000:]
-    assert "48/48 ok" in report["md"]
+    assert "52/52 ok" in report["md"]
 
 
 def test_no_kernel_spills_and_each_fits_its_block(report):
@@ -75,7 +76,11 @@ def test_signatures_are_the_dispatch_launch_types():
     for ref, op, kernel in cuda_compile.cuda_kernels():
         _, kinds, n = cuda_compile.launch_arguments(ref, op, kernel, "float32")
         sigs[op.kernel] = (", ".join(map(str, cuda_compile.signature(kinds))), n)
-    assert sigs["adam"] == (", ".join(["array(float32, 1d, C)"] * 4 + ["float64"] * 7), 4)
+    assert sigs["adam"] == (", ".join(["array(float32, 1d, C)"] * 4 + ["float64"] * 8
+                                      + ["array(int64, 1d, C)"]), 4)
+    f, i = "array(float32, 1d, C)", "array(int64, 1d, C)"
+    assert sigs["nonfinite_guard"] == (", ".join(
+        [f, f, i, f, i, f, i, "float64", "float64", "array(float64, 1d, C)", i]), 7)
     assert sigs["softmax_cross_entropy"] == (
         "array(float32, 2d, C), array(int64, 1d, C), array(float32, 1d, C), "
         "array(float32, 2d, C)", 2)
@@ -92,7 +97,7 @@ def test_a_kernel_that_does_not_type_fails():
     def broken(x, out):
         out[0] = x[0].no_such_attribute
 
-    op = dispatch.Op("layers", "broken", reads=(0,), shapes=lambda a: [a[0].shape],
+    op = dispatch.Op("layers", "broken", "ro", shapes=lambda a: [a[0].shape],
                      outputs=lambda a: [(1,)], flat=True)
     _, kinds, _ = cuda_compile.launch_arguments(lambda x: None, op, broken, "float64")
     with pytest.raises(Exception, match="no_such_attribute") as err:

@@ -30,6 +30,8 @@ SYNTHETIC = ("optimizer_paths", "activation_histograms")
 
 
 def run_script(name, *args, out, env_extra=None, check=True):
+    if name in ("hyperparameter_search", "search_efficiency"):
+        pytest.importorskip("optuna")  # the search's engine (not on a GPU machine)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                ACCEL_DATA_DIR=str(DATA_DIR), MPLBACKEND="Agg")
     env.update(env_extra or {})

@@ -64,7 +64,7 @@ def _check_optimizers(dispatch, functional):
         "nesterov": (functional.nesterov, 1, (0.05, 0.8, 1e-3)),
         "adagrad": (functional.adagrad, 1, (0.05, 1e-7, 0.0)),
         "rmsprop": (functional.rmsprop, 1, (0.01, 0.99, 1e-7, 1e-3)),
-        "adam": (functional.adam, 2, (0.9, 0.999, 1e-8, 0.01, 1.3, 1e-2, 0.999)),
+        "adam": (functional.adam, 2, (0.9, 0.999, 1e-8, 0.01, 7, True, 1e-2, 0.999)),
     }
     steps = int(os.environ.get("ACCEL_CUDASIM_STEPS", "100"))
     for dtype, tol in ((np.float32, 1e-6), (np.float64, 1e-12)):
@@ -143,11 +143,74 @@ def _check_layers(dispatch, functional):
         print(f"ok layers {np.dtype(dtype).name}")
 
 
+def _check_skipping(dispatch, functional):
+    """An optimizer kernel reads the guard's record: a step it marks skipped changes nothing,
+    and Adam's bias correction counts t less the skipped steps."""
+    from accel.kernels import guard_record as R
+
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        p = rng.standard_normal(37).astype(dtype)
+        g = rng.standard_normal(37).astype(dtype)
+        m, v = np.zeros_like(p), np.zeros_like(p)
+        record = np.zeros(R.FLAGS, np.int64)
+        record[R.SKIP] = 1
+        before = [p.copy(), m.copy(), v.copy()]
+        scalars = (0.9, 0.999, 1e-8, 0.01, 4, False, 0.0, 1.0)
+        dispatch.call(functional.adam, p, g, m, v, scalars=scalars, target="cuda",
+                      record=record)
+        for a, b in zip((p, m, v), before):
+            np.testing.assert_array_equal(a, b)
+        record[R.SKIP], record[R.SKIPPED] = 0, 2  # t = 4 with 2 skipped: the 2nd update
+        dispatch.call(functional.adam, p, g, m, v, scalars=scalars, target="cuda",
+                      record=record)
+        functional.adam(before[0], g, before[1], before[2], 0.9, 0.999, 1e-8, 0.01, 2, False,
+                        0.0, 1.0)
+        tol = 1e-6 if dtype == np.float32 else 1e-12
+        for a, b in zip((p, m, v), before):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    print("ok optimizer record")
+
+
+def _check_guard(dispatch, functional):
+    """The guard's last-block decision (several blocks), against its reference, over steps."""
+    from accel.kernels import guard_record as R
+
+    for dtype in (np.float32, np.float64):
+        for sticky in (True, False):
+            rng = np.random.default_rng(5)
+            sizes, n_buffers = (5, 9, 1, 4), 2
+            g = rng.standard_normal(sum(sizes)).astype(dtype)
+            args = [np.asarray(1.0, dtype), g,
+                    np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+                    rng.standard_normal(3 * n_buffers).astype(dtype),
+                    np.arange(0, 3 * n_buffers + 1, 3, dtype=np.int64),
+                    np.zeros(3 * n_buffers, dtype),
+                    np.zeros(R.size(len(sizes), n_buffers, 3), np.int64)]
+            ref = [a.copy() for a in args]
+            for it in range(1, 6):
+                fresh = rng.standard_normal(g.size).astype(dtype)
+                if it == 2:
+                    fresh[[1, 12]] = (np.nan, np.inf)
+                new_buffers = rng.standard_normal(3 * n_buffers).astype(dtype)
+                for a in (args, ref):
+                    a[1][...] = fresh
+                    a[3][...] = new_buffers
+                dispatch.call(functional.nonfinite_guard, *args, scalars=(it, sticky),
+                              target="cuda")
+                assert dispatch.last_path("nonfinite_guard") == "cuda"
+                functional.nonfinite_guard(*ref, it, sticky)
+                for k in (3, 5, 6):  # buffers, saved, record
+                    np.testing.assert_array_equal(args[k], ref[k], err_msg=f"{k} at {it}")
+            assert args[6][R.FIRST] == 2 and args[6][R.SKIPPED] == (4 if sticky else 1)
+        print(f"ok guard {np.dtype(dtype).name}")
+
+
 def main():
     simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if not simulator and os.environ.get("ACCEL_CUDA_DEVICE") != "1":
         sys.exit("run with NUMBA_ENABLE_CUDASIM=1 (or ACCEL_CUDA_DEVICE=1 on a GPU)")
-    from accel.kernels import batchnorm_cuda, cuda_jit
+    from accel.kernels import batchnorm_cuda, cuda_jit, guard_cuda
 
     from accel import dispatch, functional
 
@@ -155,9 +218,12 @@ def main():
     cuda_jit.MAX_BLOCKS = 2
     if simulator:  # the simulator reads these at run time; a real compile has 32 x 16
         batchnorm_cuda.COLS, batchnorm_cuda.ROWS = 8, 4
+        guard_cuda.THREADS, guard_cuda.MAX_BLOCKS = 4, 3  # 19 gradients: 3 blocks, a wrap
     _check_optimizers(dispatch, functional)
+    _check_skipping(dispatch, functional)
     _check_batchnorm(dispatch, functional)
     _check_layers(dispatch, functional)
+    _check_guard(dispatch, functional)
     print("all CUDA twins match")
 
 

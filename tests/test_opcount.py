@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
+import accel
 from accel import MultiLayerNet, dispatch, opcount, optim
 
 
@@ -105,3 +106,124 @@ def test_a_network_not_built_to_be_counted_is_refused():
     x, t = _data()
     with pytest.raises(ValueError, match="backend=opcount.backend"):
         opcount.training_step(_mlp(False, "numpy"), optim.SGD(lr=0.1), x, t)
+
+
+# -- the counting backend is as strict as CuPy, and every Trainer/network option runs on it
+
+
+def test_refuses_what_cupy_refuses(xp):
+    a = xp.ones(3)
+    for bad in (lambda: a + np.ones(3), lambda: np.add(a, [1.0, 2.0, 3.0]),
+                lambda: xp.stack([a, 1.0]), lambda: xp.stack([1.0, 2.0]),
+                lambda: xp.concatenate([a, np.ones(2)]), lambda: xp.asarray([a[0], a[1]]),
+                lambda: np.maximum(a, np.zeros(3), out=a)):
+        with pytest.raises(TypeError):
+            bad()
+    # what CuPy takes: Python and NumPy scalars, uploads, device arrays stacked
+    assert float((a * 2.0 + np.float32(1))[0]) == 3.0
+    assert xp.stack([a, a]).shape == (2, 3) and xp.asarray([1.0, 2.0]).shape == (2,)
+
+
+def test_host_reads_are_counted(xp):
+    a = xp.arange(4.0)
+    with opcount.Count() as c:
+        float(a[1]), bool(a[0] == 0), a[2].item(), a.tolist(), f"{a[3]:.2f}"
+        accel.to_numpy(a)
+    assert dict(c.host_reads) == {"float": 1, "bool": 1, "item": 1, "tolist": 1, "format": 1,
+                                  "get": 1}
+
+
+def _options():
+    rng = np.random.default_rng(0)
+    x_val, t_val = rng.standard_normal((10, 6)).astype(np.float32), rng.integers(0, 3, 10)
+    yield "plain", {}, {}
+    yield "record_loss after_update", {}, dict(record_loss="after_update")
+    yield "batchnorm", dict(batchnorm=True), {}
+    yield "batchnorm torch start", dict(batchnorm=True, bn_running_var_init=0.0), {}
+    yield "dropout", dict(dropout=0.3), {}
+    yield "dropout book", dict(dropout=0.3, dropout_inverted=False), {}
+    yield "weight decay", dict(weight_decay=1e-3), {}
+    yield "sigmoid xavier", dict(activation="sigmoid", weight_init="xavier"), {}
+    yield "tanh float64", dict(activation="tanh", dtype=np.float64), {}
+    yield "schedule", {}, dict(schedule=accel.schedules.ExponentialDecay(1e-2))
+    yield "evaluate_sample", {}, dict(evaluate_sample=5, evaluate_every=2)
+    yield "validation", {}, dict(validation_data=(x_val, t_val))
+    yield "one-hot labels", {}, dict(one_hot=True)
+    yield "max_iterations", {}, dict(max_iterations=7)
+    yield "skip non-finite", {}, dict(on_nonfinite="skip")
+    yield "no guard", {}, dict(on_nonfinite=None)
+    yield "verbose", {}, dict(verbose=True)
+    yield "checkpoints", {}, dict(checkpoint_dir=True)
+    for name in ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "AdamW"):
+        yield name, {}, dict(optimizer=name)
+
+
+OPTIONS = {name: (net_kw, trainer_kw) for name, net_kw, trainer_kw in _options()}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_every_trainer_and_network_option_runs_on_the_counting_backend(option, tmp_path):
+    """Each option's fit() on the strict counting backend (a stand-in for CuPy) gives the
+    bits the same run gives on NumPy."""
+    net_kw, trainer_kw = OPTIONS[option]
+    rng = np.random.default_rng(1)
+    x, t = rng.standard_normal((40, 6)).astype(np.float32), rng.integers(0, 3, 40)
+    x_test, t_test = rng.standard_normal((12, 6)).astype(np.float32), rng.integers(0, 3, 12)
+
+    def fit(backend, folder):
+        kw = dict(trainer_kw)
+        opt = getattr(optim, kw.pop("optimizer", "Adam"))(lr=1e-2)
+        labels = np.eye(3, dtype=np.float32)[t] if kw.pop("one_hot", False) else t
+        if kw.get("checkpoint_dir"):
+            kw["checkpoint_dir"] = folder
+        net = MultiLayerNet(6, [5, 4], 3, backend=backend, seed=0, **net_kw)
+        trainer = accel.Trainer(net, opt, x, labels, x_test, t_test,
+                                **{"epochs": 3, "batch_size": 8, "seed": 0, "verbose": False,
+                                   **kw})
+        history = trainer.fit()
+        return net, history
+
+    counted, h_counted = fit(opcount.backend(), tmp_path / "counted")
+    plain, h_plain = fit("numpy", tmp_path / "plain")
+    np.testing.assert_array_equal(accel.to_numpy(counted.params.flat), plain.params.flat)
+    np.testing.assert_array_equal(accel.to_numpy(counted.buffers.flat), plain.buffers.flat)
+    assert h_counted.train_loss == h_plain.train_loss
+    assert h_counted.test_acc == h_plain.test_acc and h_counted.iterations == h_plain.iterations
+    if trainer_kw.get("checkpoint_dir"):  # the counted run's checkpoint resumes on NumPy
+        resumed = MultiLayerNet.load(tmp_path / "counted" / "last.npz", backend="numpy")
+        np.testing.assert_array_equal(resumed.params.flat, plain.params.flat)
+
+
+# -- a training step reads nothing back from the device
+
+
+@pytest.mark.parametrize("net_kw", [{}, dict(batchnorm=True, dropout=0.2)],
+                         ids=["plain", "batchnorm+dropout"])
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_a_training_step_reads_nothing_from_the_device(net_kw, mode):
+    """Counted on the counting backend (a stand-in for a GPU): no float/bool/item/format of a
+    device array and no conversion to NumPy inside Trainer.step, and a whole fit() reads the
+    device as often with 4 steps an epoch as with 16 (at the epoch's end, not per step)."""
+    rng = np.random.default_rng(0)
+
+    def reads(batch_size):
+        x, t = rng.standard_normal((64, 6)).astype(np.float32), rng.integers(0, 3, 64)
+        net = MultiLayerNet(6, [5, 4], 3, backend=opcount.backend(), seed=0, **net_kw)
+        trainer = accel.Trainer(net, optim.Adam(lr=1e-2), x, t, x[:8], t[:8], epochs=2,
+                                batch_size=batch_size, seed=0, verbose=False,
+                                on_nonfinite=mode)
+        step, in_steps = trainer.step, opcount.Count()
+
+        def counted_step(x, t):
+            with in_steps:
+                return step(x, t)
+
+        trainer.step = counted_step
+        with opcount.Count() as whole:
+            trainer.fit()
+        assert trainer.history.iterations == 2 * 64 // batch_size
+        assert in_steps.total > 0 and sum(in_steps.host_reads.values()) == 0, \
+            dict(in_steps.host_reads)
+        return whole.host_reads
+
+    assert reads(16) == reads(4)
