@@ -218,8 +218,9 @@ FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "seed": "--seed",
 def check_study(url, name, setting) -> None:
     """A study of this name that was run with other settings: a UserError naming the flags
     that continue it (its trials depend on them) and the flag that starts another one."""
-    try:
-        stored = optuna.load_study(study_name=name, storage=url).user_attrs.get("setting")
+    try:  # through accel.search.storage, as the search itself opens it
+        stored = optuna.load_study(study_name=name, storage=search.storage(url)) \
+            .user_attrs.get("setting")
     except KeyError:  # no such study yet: this run creates it
         return
     except Exception as exc:  # noqa: BLE001 - the storage itself: the flag is --storage
