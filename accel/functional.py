@@ -143,7 +143,8 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta):
     return (gamma * invstd / n) * (n * dy - dbeta - xhat * dgamma)
 
 
-# -- layers: bias + activation, its backward, softmax + cross-entropy + gradient
+# -- layers: bias + activation, its backward, softmax + cross-entropy + gradient, and the
+#    binary cross-entropy of one sigmoid unit
 #
 # The activation is a number (the kernels take scalars): RELU, SIGMOID or TANH.
 
@@ -202,6 +203,22 @@ def softmax_cross_entropy(x, t):
         e -= t
     e /= n
     return losses, e
+
+
+def sigmoid_binary_cross_entropy(z, t):
+    """The course's week-1 output: one logit z_i per sample (z of shape (N,)), labels t_i in
+    {0, 1} (floats of z's dtype). Per sample, the binary cross-entropy of a = σ(z),
+    −[t·log a + (1 − t)·log(1 − a)], computed from the logit, where it never overflows nor
+    takes log 0: losses[i] = (max(z, 0) − z·t + log(1 + exp(−|z|))) / N; and
+    dz = (σ(z) − t) / N, the gradient of the mean loss Σ losses. With e = exp(−|z|) (never
+    overflows), σ(z) = 1/(1 + e) for z ≥ 0 and e/(1 + e) below, exact to the last bits at
+    both ends. Returns (losses, dz)."""
+    xp = array_module(z)
+    n = z.shape[0]
+    e = xp.exp(-xp.abs(z))
+    losses = (xp.maximum(z, 0) - z * t + xp.log1p(e)) / n
+    dz = (xp.where(z >= 0, 1, e) / (1 + e) - t) / n
+    return losses, dz
 
 
 # -- the non-finite guard of a training step (the record's layout: accel.kernels.guard_record)

@@ -324,6 +324,49 @@ class SoftmaxWithLoss:
         return self.dx * self.dx.dtype.type(dout)
 
 
+class SigmoidWithLoss:
+    """One sigmoid unit + mean binary cross-entropy (the course's week-1 output). ``x`` holds
+    one logit per sample, shape (N, 1); ``t`` labels 0/1 of shape (N,) or (N, 1).
+
+    loss = mean(max(z, 0) − z·t + log(1 + exp(−|z|))), the course's
+    −(1/m)Σ[y·log a + (1 − y)·log(1 − a)] of a = σ(z) computed from the logit (no overflow,
+    no log 0); its gradient (σ(z) − t)/N is formed in the same call
+    (``functional.sigmoid_binary_cross_entropy``), and backward scales it by dout.
+    """
+
+    def __init__(self):
+        self.dx = self.z = None
+
+    def forward(self, x, t, train: bool = False, check: bool = True):
+        """The loss (a 0-d array). ``check=False`` skips the label checks (labels checked once
+        by ``MultiLayerNet.prepare``: floats of x's dtype, shape (N,))."""
+        _float_input("x", x, ndim=2)
+        n = x.shape[0]
+        if x.shape[1] != 1:
+            raise ValueError(f"x must hold one logit per sample, shape ({n}, 1), got shape "
+                             f"{tuple(x.shape)}")
+        if check:
+            t = checks.binary_labels("t", t, n, dtype=x.dtype)
+        elif getattr(t, "shape", None) != (n,):
+            raise ValueError(f"t must have {n} labels (one per row of x), got shape "
+                             f"{getattr(t, 'shape', None)}")
+        self.z = x[:, 0]
+        losses, dz = F.sigmoid_binary_cross_entropy(self.z, t)
+        self.dx = dz.reshape(n, 1)
+        return losses.sum()
+
+    @property
+    def y(self):
+        """σ(z) of the last forward pass, the probability of class 1, shape (N, 1)."""
+        xp = array_module(self.z)
+        return (0.5 * (1 + xp.tanh(0.5 * self.z))).reshape(-1, 1)
+
+    def backward(self, dout=1.0):
+        if dout == 1:
+            return self.dx
+        return self.dx * self.dx.dtype.type(dout)
+
+
 class AffineActivation:
     """An Affine layer and the activation after it, in two passes instead of four: x·W, then
     f(· + b) in one kernel; backward: dL/dy and db in one kernel, then the two products.

@@ -18,35 +18,45 @@ from .layers import (
     Dropout,
     ReLU,
     Sigmoid,
+    SigmoidWithLoss,
     SoftmaxWithLoss,
     Tanh,
     reuse_outputs,
 )
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+OUTPUTS = {"softmax": SoftmaxWithLoss, "sigmoid": SigmoidWithLoss}
 # constructor arguments added after format-1 files were written, with the value those files
 # had (a saved config without them loads as if it named these)
-CONFIG_ADDED = {"bn_running_var_init": 1.0}
+CONFIG_ADDED = {"bn_running_var_init": 1.0, "output": "softmax"}
 
 
 class MultiLayerNet:
     """Fully connected net: per hidden layer Affine → BatchNorm → activation → Dropout,
-    then Affine → SoftmaxWithLoss.
+    then Affine → the output: ``output="softmax"`` (default; SoftmaxWithLoss, labels class
+    ids or one-hot rows) or ``"sigmoid"`` with ``output_size=1`` (the course's week-1 binary
+    output: one logit, SigmoidWithLoss, labels 0/1 as ints, floats or bools).
 
-    Loss = mean cross-entropy + ½·weight_decay·ΣW² over every weight matrix (the book's form;
-    no decay on biases, gamma, beta). ``params`` and the dict ``gradient`` returns are views
-    into one flat buffer each (``params.flat``, ``grads.flat``; weights first), so an
-    optimizer updates the whole model in one pass.
+    Loss = mean cross-entropy (softmax) or mean binary cross-entropy computed from the logit
+    (sigmoid) + ½·weight_decay·ΣW² over every weight matrix (the book's form; no decay on
+    biases, gamma, beta; the course's λ/(2m)·ΣW² is ``weight_decay`` = λ/m). ``params`` and
+    the dict ``gradient`` returns are views into one flat buffer each (``params.flat``,
+    ``grads.flat``; weights first), so an optimizer updates the whole model in one pass.
 
-    Labels ``t`` may be class ids (N,) or one-hot (N, C). Float inputs of the other precision
-    are cast to ``dtype``; integer inputs are refused (scale them to floats first).
+    Labels ``t`` may be class ids (N,) or one-hot (N, C) (sigmoid: 0/1 of shape (N,) or
+    (N, 1)). Float inputs of the other precision are cast to ``dtype``; integer inputs are
+    refused (scale them to floats first).
     """
 
     def __init__(self, input_size, hidden_sizes, output_size, activation="relu",
                  weight_init="he", weight_decay=0.0, batchnorm=False, dropout=0.0,
                  dtype=np.float32, backend=None, seed=None, *, bn_momentum=0.9, bn_eps=1e-5,
-                 bn_running_var_init=1.0, dropout_inverted=True):
+                 bn_running_var_init=1.0, dropout_inverted=True, output="softmax"):
         sizes = _sizes(input_size, hidden_sizes, output_size)
+        self.output = checks.one_of("output", output, OUTPUTS)
+        if self.output == "sigmoid" and sizes[-1] != 1:
+            raise ValueError(f"output='sigmoid' is one unit: it needs output_size=1, got "
+                             f"output_size={output_size!r}")
         self.activation = checks.one_of("activation", activation, ACTIVATIONS)
         for i in range(len(sizes) - 1):  # fail on a bad name before allocating anything
             weight_std(weight_init, sizes[i], sizes[i + 1])
@@ -97,14 +107,14 @@ class MultiLayerNet:
             if self.dropout > 0:
                 self.layers.append(Dropout(self.dropout, dropout_inverted, rng=self.rng))
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
-        self.last_layer = SoftmaxWithLoss()
+        self.last_layer = OUTPUTS[self.output]()
         self.passes = _fuse(self.layers)
         reuse_outputs([*self.layers, self.last_layer])  # each consumed within its step
 
     def __repr__(self) -> str:
         return (f"MultiLayerNet(sizes={self.sizes}, activation={self.activation!r}, "
                 f"batchnorm={self.batchnorm}, dropout={self.dropout}, "
-                f"weight_decay={self.weight_decay}, dtype={self.dtype}, "
+                f"weight_decay={self.weight_decay}, output={self.output!r}, dtype={self.dtype}, "
                 f"backend={self.backend.name!r})")
 
     # -- the public pair the trainer, gradcheck and the benchmarks use
@@ -112,7 +122,8 @@ class MultiLayerNet:
     def prepare(self, x, t=None):
         """``x`` (and ``t``) checked and on this network's device and dtype: float features of
         the input size (other float precisions cast, integers refused), labels as class ids in
-        range or one-hot rows. Returns x, or (x, t) when ``t`` is given. Check data once with
+        range or one-hot rows (sigmoid output: 0/1, as floats of the network's dtype, shape
+        (N,)). Returns x, or (x, t) when ``t`` is given. Check data once with
         this, then train on it with ``loss_and_grads``."""
         x = checks.array("x", self.backend.asarray(x), dtype=self.dtype)
         n_in = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
@@ -121,7 +132,10 @@ class MultiLayerNet:
                              f"got shape {tuple(x.shape)}")
         if t is None:
             return x
-        return x, checks.labels("t", self.backend.asarray(t), x.shape[0], self.sizes[-1])
+        t = self.backend.asarray(t)
+        if self.output == "sigmoid":
+            return x, checks.binary_labels("t", t, x.shape[0], dtype=self.dtype)
+        return x, checks.labels("t", t, x.shape[0], self.sizes[-1])
 
     def loss_and_grads(self, x, t):
         """(loss, grads) of one training step on prepared ``x``, ``t`` (see ``prepare``;
@@ -140,7 +154,9 @@ class MultiLayerNet:
     # -- the book's interface (each call checks its input)
 
     def predict(self, x, train: bool = False):
-        """Scores (N, output_size) before the softmax (a new array)."""
+        """Scores (N, output_size) before the softmax, a new array; with
+        ``output="sigmoid"`` the logit z, shape (N, 1): the probability of class 1 is σ(z),
+        and z > 0 predicts 1."""
         return self._predict(self.prepare(x), train).copy()  # not the last layer's buffer
 
     def _predict(self, x, train):
@@ -149,7 +165,8 @@ class MultiLayerNet:
         return x
 
     def loss(self, x, t, train: bool = False) -> float:
-        """Cross-entropy + ½·weight_decay·ΣW², as a Python float."""
+        """Cross-entropy (binary for a sigmoid output) + ½·weight_decay·ΣW², as a Python
+        float."""
         return float(self._loss(*self.prepare(x, t), train))
 
     def forward_loss(self, x, t, train: bool = False):
@@ -165,14 +182,18 @@ class MultiLayerNet:
         return loss
 
     def accuracy(self, x, t, batch_size: int = 4096) -> float:
-        """Fraction of samples whose highest score is the true class (evaluated in batches)."""
+        """Fraction of samples whose highest score is the true class (sigmoid output: whose
+        σ(z) > 0.5, i.e. z > 0, matches the 0/1 label), evaluated in batches."""
         checks.positive("batch_size", batch_size, integer=True)
         x, t = self.prepare(x, t)
-        if t.ndim == 2:
+        if self.output == "sigmoid":
+            t = t > 0.5
+        elif t.ndim == 2:
             t = t.argmax(axis=1)
         correct = 0
         for s in range(0, x.shape[0], batch_size):
-            y = self._predict(x[s:s + batch_size], False).argmax(axis=1)
+            scores = self._predict(x[s:s + batch_size], False)
+            y = scores[:, 0] > 0 if self.output == "sigmoid" else scores.argmax(axis=1)
             correct += (y == t[s:s + batch_size]).sum()
         return float(self.backend.xp.asarray(correct)) / x.shape[0]
 
@@ -197,7 +218,7 @@ class MultiLayerNet:
             "batchnorm": self.batchnorm, "dropout": self.dropout, "dtype": self.dtype.name,
             "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps,
             "bn_running_var_init": self.bn_running_var_init,
-            "dropout_inverted": self.dropout_inverted,
+            "dropout_inverted": self.dropout_inverted, "output": self.output,
         })
 
     def state_dict(self) -> dict:

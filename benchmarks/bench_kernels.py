@@ -529,9 +529,11 @@ def print_table(rows):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
-    ap.add_argument("--out", default="benchmarks/out/", help="folder for the JSON")
+    ap.add_argument("--out", default="benchmarks/out/", metavar="DIR",
+                    help="folder for the JSON (default: benchmarks/out/)")
     ap.add_argument("--name", default=f"cpu-{os.cpu_count()}core",
-                    help="machine name used in the JSON file name")
+                    help="machine name used in the JSON file name (default: cpu-<cores>core, "
+                         f"here {f'cpu-{os.cpu_count()}core'})")
     ap.add_argument("--profile", action="store_true", help="also time the MLP step's parts")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--mlp-worker", help=argparse.SUPPRESS)

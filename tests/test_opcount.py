@@ -146,6 +146,10 @@ def _options():
     yield "sigmoid xavier", dict(activation="sigmoid", weight_init="xavier"), {}
     yield "tanh float64", dict(activation="tanh", dtype=np.float64), {}
     yield "schedule", {}, dict(schedule=accel.schedules.ExponentialDecay(1e-2))
+    yield "schedule per iteration", {}, dict(schedule=accel.schedules.InverseSqrtDecay(1e-2),
+                                             schedule_unit="iteration")
+    yield "early stopping", {}, dict(validation_data=(x_val, t_val), early_stopping=True)
+    yield "sigmoid output", dict(output="sigmoid"), {}
     yield "evaluate_sample", {}, dict(evaluate_sample=5, evaluate_every=2)
     yield "validation", {}, dict(validation_data=(x_val, t_val))
     yield "one-hot labels", {}, dict(one_hot=True)
@@ -176,8 +180,12 @@ def test_every_trainer_and_network_option_runs_on_the_counting_backend(option, t
         labels = np.eye(3, dtype=np.float32)[t] if kw.pop("one_hot", False) else t
         if kw.get("checkpoint_dir"):
             kw["checkpoint_dir"] = folder
-        net = MultiLayerNet(6, [5, 4], 3, backend=backend, seed=0, **net_kw)
-        trainer = accel.Trainer(net, opt, x, labels, x_test, t_test,
+        if kw.pop("early_stopping", False):  # a fresh one per run: it keeps state
+            kw["on_evaluate"] = [accel.EarlyStopping(patience=1)]
+        binary = net_kw.get("output") == "sigmoid"  # one unit, labels 0/1
+        net = MultiLayerNet(6, [5, 4], 1 if binary else 3, backend=backend, seed=0, **net_kw)
+        trainer = accel.Trainer(net, opt, x, labels % 2 if binary else labels, x_test,
+                                t_test % 2 if binary else t_test,
                                 **{"epochs": 3, "batch_size": 8, "seed": 0, "verbose": False,
                                    **kw})
         history = trainer.fit()
