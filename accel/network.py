@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from . import checkpoint, checks
+from . import checkpoint, checks, threads
 from .backend import get_backend
 from .flat import allocate
 from .initializers import init_weight, weight_std
@@ -109,6 +109,9 @@ class MultiLayerNet:
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
         self.last_layer = OUTPUTS[self.output]()
         self.passes = _fuse(self.layers)
+        # the thread policy (accel.threads), applied as a pass starts: NumPy's BLAS only
+        self._widest = max(sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1))
+        self._cpu = self.backend.name == "numpy"
         reuse_outputs([*self.layers, self.last_layer])  # each consumed within its step
 
     def __repr__(self) -> str:
@@ -160,6 +163,8 @@ class MultiLayerNet:
         return self._predict(self.prepare(x), train).copy()  # not the last layer's buffer
 
     def _predict(self, x, train):
+        if self._cpu:
+            threads.apply(2 * x.shape[0] * self._widest)  # the largest product of the pass
         for layer in self.passes:
             x = layer.forward(x, train)
         return x
