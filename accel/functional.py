@@ -1,9 +1,10 @@
 """The ``xp`` reference math that the fused kernels twin: optimizer rules and batch norm.
 
 Each function is plain NumPy/CuPy code, the readable ground truth the kernels in
-``accel.kernels`` are tested against. Optimizer rules take (p, g, *state, *scalars) and
-update p and the state arrays in place; scalars that depend only on the step (bias
-corrections) are computed once on the host by ``accel.optim``. Batch norm takes (N, D)
+``accel.kernels`` are tested against. Optimizer rules take (p, g, *state, clip, *scalars)
+and update p and the state arrays in place; scalars that depend only on the step (bias
+corrections) are computed once on the host by ``accel.optim``; gradient-norm clipping's
+factor is computed on the device (``clip_factor``) into ``clip``. Batch norm takes (N, D)
 arrays and returns new ones (the running statistics are updated in place).
 
 ``accel.dispatch`` pairs each function here with its kernels; nothing here imports anything
