@@ -352,6 +352,9 @@ def test_which_arrays_decay_comes_from_the_container(xp):
     factors, opt = shrink(reset())
     assert factors == {k: 0.95 if k[0] == "W" else 1.0 for k in net.params}
     assert list(opt.state) == ["flat"]  # still one fused call over the whole buffer
+    factors, opt = shrink(reset(), decay_mask=["W2", "W1"])  # the weight block, named
+    assert factors == {k: 0.95 if k[0] == "W" else 1.0 for k in net.params}
+    assert list(opt.state) == ["flat"]
     factors, opt = shrink(reset(), decay_mask=["b1"])  # not the leading block: per array
     assert factors == {k: 0.95 if k == "b1" else 1.0 for k in net.params}
     assert set(opt.state) == set(net.params)
