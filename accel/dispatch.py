@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("fused", "reference")
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F64 = np.dtype(np.float64)
 
 # CPU: arrays smaller than this run the serial compile of a kernel (waking the thread pool
 # costs ~10 µs idle, a scheduler time slice when the cores are busy, e.g. with BLAS threads).
@@ -82,7 +83,8 @@ class Op:
     changes nothing when record[SKIP] is set). ``shapes(arrays)`` is the shape each of the
     reference's arrays must have, ``outputs(arrays)`` the shapes of the ``o`` arrays.
     Arrays are of the first array's float dtype, but ``ints`` (int64: class ids, offsets,
-    the record) and ``labels`` (class ids, int64, or one-hot rows of floats).
+    the record), ``doubles`` (float64 whatever the dtype: the gradient-clipping factor) and
+    ``labels`` (class ids, int64, or one-hot rows of floats).
     """
 
     family: str
@@ -93,6 +95,7 @@ class Op:
     takes: Callable = lambda arrays: True  # False: the kernel cannot, the reference runs
     labels: tuple = ()
     ints: tuple = ()
+    doubles: tuple = ()
     flat: bool = False  # elementwise: the kernel takes the arrays as 1-D views
     work: tuple = ()  # (shape, dtype) of each ``z`` array
 
@@ -104,10 +107,6 @@ class Op:
     @property
     def reads(self) -> tuple:
         return tuple(i for i, k in enumerate(self.kinds[:self.n_arrays]) if k == "r")
-
-
-def _like_first(arrays):
-    return [arrays[0].shape] * len(arrays)
 
 
 def _matrix_and_vectors(*kinds):
@@ -137,6 +136,18 @@ def _scores_and_labels(arrays):
     return [x.shape, x.shape[:1] if t.ndim == 1 else x.shape]
 
 
+def _optimizer_shapes(arrays):
+    """p, g and the state: p's shape; the clip array (the last): (2,)."""
+    return [arrays[0].shape] * (len(arrays) - 1) + [(2,)]
+
+
+def _optimizer(kernel, kinds):
+    """An optimizer rule's Op: (p, g, *state, clip) then scalars, elementwise, the clip
+    factor [factor, Σg² so far] in float64."""
+    return Op("optim", kernel, kinds, _optimizer_shapes, flat=True,
+              doubles=(kinds.index("s") - 1,))
+
+
 def _guard_shapes(arrays):
     loss, g, g_starts, buffers, buffer_starts, saved, record = arrays
     return [loss.shape if loss.size == 1 else (1,), (g.size,), g_starts.shape,
@@ -144,12 +155,17 @@ def _guard_shapes(arrays):
 
 
 OPS: dict[Callable, Op] = {
-    F.sgd: Op("optim", "sgd", "wrssk", _like_first, flat=True),
-    F.momentum: Op("optim", "momentum", "wrwssssk", _like_first, flat=True),
-    F.nesterov: Op("optim", "nesterov", "wrwsssk", _like_first, flat=True),
-    F.adagrad: Op("optim", "adagrad", "wrwsssk", _like_first, flat=True),
-    F.rmsprop: Op("optim", "rmsprop", "wrwssssk", _like_first, flat=True),
-    F.adam: Op("optim", "adam", "wrwwssssssssk", _like_first, flat=True),
+    F.sgd: _optimizer("sgd", "wrrsssk"),
+    F.momentum: _optimizer("momentum", "wrwrsssssk"),
+    F.nesterov: _optimizer("nesterov", "wrwrssssk"),
+    F.adagrad: _optimizer("adagrad", "wrwrssssk"),
+    F.rmsprop: _optimizer("rmsprop", "wrwrsssssk"),
+    F.adadelta: _optimizer("adadelta", "wrwwrsssssk"),
+    F.adam: _optimizer("adam", "wrwwrsssssssssk"),
+    # workspace: the blocks' (CUDA) or chunks' (CPU) sums, room for clip_cuda.MAX_BLOCKS; the
+    # CUDA blocks' ticket
+    F.clip_factor: Op("clip", "clip_factor", "rwssszz", lambda a: [a[0].shape, (2,)],
+                      doubles=(1,), flat=True, work=(((64,), np.float64), ((1,), np.int64))),
     F.batchnorm_forward_train: Op(
         "batchnorm", "batchnorm_forward_train", "rrrwwssooo",
         _matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x", "d", "d"),
@@ -378,13 +394,16 @@ def _check(op: Op, names, arrays):
     """Types, dtypes and shapes of the reference's arrays: TypeError/ValueError naming the
     argument, before anything runs."""
     for i, a in enumerate(arrays):
-        kind = getattr(getattr(a, "dtype", None), "kind", None)
+        dtype = getattr(a, "dtype", None)
+        kind = getattr(dtype, "kind", None)
         if i in op.ints:
             ok = kind in ("i", "u")
+        elif i in op.doubles:
+            ok = dtype == np.float64
         else:
             ok = kind == "f" or (i in op.labels and kind in ("i", "u"))
         if not ok:
-            want = "an integer" if i in op.ints else "a float"
+            want = "an integer" if i in op.ints else "a float64" if i in op.doubles else "a float"
             raise TypeError(f"{names[i]} must be {want} array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
     for name, a, shape in zip(names, arrays, op.shapes(arrays)):
@@ -407,7 +426,7 @@ def _converted(op: Op, names, arrays):
     out, written = [], []
     for i, (name, a) in enumerate(zip(names, arrays)):
         want = np.dtype(np.int64) if i in op.ints or (
-            i in op.labels and a.dtype.kind in "iu") else dtype
+            i in op.labels and a.dtype.kind in "iu") else _F64 if i in op.doubles else dtype
         if a.flags.c_contiguous and a.dtype == want:
             out.append(a)  # the common case: nothing to convert (NumPy or CuPy alike)
             continue
@@ -598,12 +617,15 @@ def call(reference, *arrays, scalars=(), target=None, names=None, record=None):
 # -- the ops, with the reference's arguments (one-off calls; layers and optimizers hold Sites)
 
 
-def optimizer_step(rule, p, g, state=(), scalars=(), record=None):
-    """``rule(p, g, *state, *scalars)`` (an optimizer rule of ``accel.functional``);
-    updates ``p`` and ``state`` in place, unless the guard's ``record`` says skip."""
+def optimizer_step(rule, p, g, state=(), scalars=(), clip=None, record=None):
+    """``rule(p, g, *state, clip, *scalars)`` (an optimizer rule of ``accel.functional``);
+    updates ``p`` and ``state`` in place, unless the guard's ``record`` says skip. ``clip``:
+    the gradient-clipping array (default: factor 1, no clipping)."""
     names = ["p", "g", *(f"state[{k}]" for k in range(len(state))),
              *_NAMES[rule][2 + len(state):]]
-    call(rule, p, g, *state, scalars=scalars, names=names, record=record)
+    if clip is None:
+        clip = F.clip_array(p)
+    call(rule, p, g, *state, clip, scalars=scalars, names=names, record=record)
 
 
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):

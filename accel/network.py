@@ -9,6 +9,7 @@ import numpy as np
 
 from . import checkpoint, checks, threads
 from .backend import get_backend
+from .decay_mask import MASKS, flat_block
 from .flat import allocate
 from .initializers import init_weight, weight_std
 from .layers import (
@@ -28,7 +29,7 @@ ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 OUTPUTS = {"softmax": SoftmaxWithLoss, "sigmoid": SigmoidWithLoss}
 # constructor arguments added after format-1 files were written, with the value those files
 # had (a saved config without them loads as if it named these)
-CONFIG_ADDED = {"bn_running_var_init": 1.0, "output": "softmax"}
+CONFIG_ADDED = {"bn_running_var_init": 1.0, "output": "softmax", "decay_mask": "weights"}
 
 
 class MultiLayerNet:
@@ -39,9 +40,11 @@ class MultiLayerNet:
 
     Loss = mean cross-entropy (softmax) or mean binary cross-entropy computed from the logit
     (sigmoid) + ½·weight_decay·ΣW² over every weight matrix (the book's form; no decay on
-    biases, gamma, beta; the course's λ/(2m)·ΣW² is ``weight_decay`` = λ/m). ``params`` and
-    the dict ``gradient`` returns are views into one flat buffer each (``params.flat``,
-    ``grads.flat``; weights first), so an optimizer updates the whole model in one pass.
+    biases, gamma, beta; the course's λ/(2m)·ΣW² is ``weight_decay`` = λ/m).
+    ``decay_mask="all"`` puts every parameter in the sum (``accel.decay_mask``: the rule the
+    optimizers share). ``params`` and the dict ``gradient`` returns are views into one flat
+    buffer each (``params.flat``, ``grads.flat``; the weight matrices first, in
+    ``flat[:n_weights]``), so an optimizer updates the whole model in one pass.
 
     Labels ``t`` may be class ids (N,) or one-hot (N, C) (sigmoid: 0/1 of shape (N,) or
     (N, 1)). Float inputs of the other precision are cast to ``dtype``; integer inputs are
@@ -51,7 +54,8 @@ class MultiLayerNet:
     def __init__(self, input_size, hidden_sizes, output_size, activation="relu",
                  weight_init="he", weight_decay=0.0, batchnorm=False, dropout=0.0,
                  dtype=np.float32, backend=None, seed=None, *, bn_momentum=0.9, bn_eps=1e-5,
-                 bn_running_var_init=1.0, dropout_inverted=True, output="softmax"):
+                 bn_running_var_init=1.0, dropout_inverted=True, output="softmax",
+                 decay_mask="weights"):
         sizes = _sizes(input_size, hidden_sizes, output_size)
         self.output = checks.one_of("output", output, OUTPUTS)
         if self.output == "sigmoid" and sizes[-1] != 1:
@@ -61,6 +65,7 @@ class MultiLayerNet:
         for i in range(len(sizes) - 1):  # fail on a bad name before allocating anything
             weight_std(weight_init, sizes[i], sizes[i + 1])
         self.weight_decay = checks.non_negative("weight_decay", weight_decay)
+        self.decay_mask = checks.one_of("decay_mask", decay_mask, MASKS)
         self.dropout = checks.in_unit_interval("dropout", dropout)
         self.dtype = checks.floating_dtype("dtype", dtype)
         self.sizes, self.weight_init = sizes, weight_init
@@ -74,10 +79,12 @@ class MultiLayerNet:
         xp = self.backend.xp
 
         shapes = param_shapes(sizes, self.batchnorm)
-        layout = [k for k in shapes if k[0] == "W"] + [k for k in shapes if k[0] != "W"]
-        self.params = allocate(xp, shapes, self.dtype, layout)
-        self.grads = allocate(xp, shapes, self.dtype, layout)
-        self.n_weights = sum(self.params[f"W{i}"].size for i in range(1, len(sizes)))
+        weights = [k for k in shapes if k[0] == "W"]
+        layout = weights + [k for k in shapes if k[0] != "W"]
+        self.params = allocate(xp, shapes, self.dtype, layout, weights=weights)
+        self.grads = allocate(xp, shapes, self.dtype, layout, weights=weights)
+        self.n_weights = self.params.n_weights
+        self.n_decayed = flat_block(self.params, self.decay_mask)  # the L2 term's flat[:n]
         # BatchNorm's running statistics: not parameters, but one flat buffer too, so the
         # non-finite guard checks (and a skipped step restores) them in one operation.
         n_hidden = len(sizes) - 2
@@ -150,8 +157,8 @@ class MultiLayerNet:
         for layer in reversed(self.passes):
             dout = layer.backward(dout)
         if self.weight_decay:
-            self.grads.flat[:self.n_weights] += self.dtype.type(self.weight_decay) * \
-                self.params.flat[:self.n_weights]
+            self.grads.flat[:self.n_decayed] += self.dtype.type(self.weight_decay) * \
+                self.params.flat[:self.n_decayed]
         return loss, self.grads
 
     # -- the book's interface (each call checks its input)
@@ -170,8 +177,8 @@ class MultiLayerNet:
         return x
 
     def loss(self, x, t, train: bool = False) -> float:
-        """Cross-entropy (binary for a sigmoid output) + ½·weight_decay·ΣW², as a Python
-        float."""
+        """Cross-entropy (binary for a sigmoid output) + ½·weight_decay·ΣW² (Σθ² with
+        ``decay_mask="all"``), as a Python float."""
         return float(self._loss(*self.prepare(x, t), train))
 
     def forward_loss(self, x, t, train: bool = False):
@@ -182,7 +189,7 @@ class MultiLayerNet:
     def _loss(self, x, t, train):
         loss = self.last_layer.forward(self._predict(x, train), t, check=False)
         if self.weight_decay:
-            w = self.params.flat[:self.n_weights]
+            w = self.params.flat[:self.n_decayed]
             loss = loss + 0.5 * self.weight_decay * (w @ w)
         return loss
 
@@ -224,6 +231,7 @@ class MultiLayerNet:
             "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps,
             "bn_running_var_init": self.bn_running_var_init,
             "dropout_inverted": self.dropout_inverted, "output": self.output,
+            "decay_mask": self.decay_mask,
         })
 
     def state_dict(self) -> dict:

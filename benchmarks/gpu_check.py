@@ -61,14 +61,17 @@ GPU_STAGES = ("environment", "kernels", "bench", "tests", "compile", "mlir")
 NO_GPU_STAGES = ("environment", "compile")
 BUDGET = (450, 210)  # seconds for the whole run (full, --quick)
 
-# scalars each kernel is checked with on the device (the reference's, in order)
+# scalars each kernel is checked with on the device (the reference's, in order); an optimizer's
+# last is ``decayed``: weight decay on the first 30 elements (all of the smaller buffers)
 SCALARS = {
-    "sgd": (0.05, 0.01),
-    "momentum": (0.05, 0.9, 0.9, 1e-3),
-    "nesterov": (0.05, 0.8, 1e-3),
-    "adagrad": (0.05, 1e-7, 0.0),
-    "rmsprop": (0.01, 0.99, 1e-7, 1e-3),
-    "adam": (0.9, 0.999, 1e-8, 0.01, 7, True, 1e-2, 0.999),
+    "sgd": (0.05, 0.01, 30),
+    "momentum": (0.05, 0.9, 0.9, 1e-3, 30),
+    "nesterov": (0.05, 0.8, 1e-3, 30),
+    "adagrad": (0.05, 1e-7, 1e-2, 30),
+    "rmsprop": (0.01, 0.99, 1e-7, 1e-3, 30),
+    "adadelta": (1.0, 0.9, 1e-6, 1e-2, 30),
+    "adam": (0.9, 0.999, 1e-8, 0.01, 7, True, 1e-2, 0.999, 30),
+    "clip_factor": (0.5, 1e-6, True),
     "batchnorm_forward_train": (0.9, 1e-5),
     "batchnorm_forward_eval": (1e-5,),
     "batchnorm_backward": (),
@@ -157,11 +160,14 @@ def stage_environment(quick, emit):
 # -- stage 2: every kernel against the reference, on the device
 
 
-def _arrays(cp, rng, kinds, n_ref_arrays, shape, flat, labels):
+def _arrays(cp, rng, kinds, n_ref_arrays, shape, flat, labels, doubles=()):
     out = []
     size = shape[0] * shape[1]
     for k, kind in enumerate(kinds[:n_ref_arrays]):
         dtype = kind[1]
+        if k in doubles:  # the gradient-clipping array: a factor below 1, no running sum
+            out.append(cp.asarray([0.7, 0.0]))
+            continue
         if k in labels:
             out.append(cp.asarray(rng.integers(0, shape[1], shape[0])))
             continue
@@ -242,7 +248,8 @@ def _kernel_rows(cp, rng, quick, launch, rows, emit):
             _, kinds, n_arrays = cuda_compile.launch_arguments(ref, op, kernel, dtype)
             cases = [(1, n) for n in FLAT_SIZES] if op.flat else SHAPES
             for shape in cases[:3] if quick else cases:
-                arrays = _arrays(cp, rng, kinds, n_arrays, shape, op.flat, op.labels)
+                arrays = _arrays(cp, rng, kinds, n_arrays, shape, op.flat, op.labels,
+                                 op.doubles)
                 copies = [a.copy() for a in arrays]
                 scalars = SCALARS[op.kernel]
                 row = dict(kernel=op.kernel, dtype=dtype, shape=list(shape), launch=launch,
@@ -284,22 +291,27 @@ def stage_bench(quick, emit):
 
     rows = _launch_costs(quick)
     emit(dict(rows=rows))
-    scalars = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0, 0)
     for n in ([10**6] if quick else [10**6, 10**7, 10**8]):
         p = cp.random.standard_normal(n, dtype=cp.float32)
         g = cp.random.standard_normal(n, dtype=cp.float32) * 1e-3
         m, v = cp.zeros_like(p), cp.zeros_like(p)
+        clip = functional.clip_array(p)
         site = dispatch.Site(functional.adam)  # as an optimizer calls it
-        fused = _gpu_time(lambda: site(p, g, m, v, scalars=scalars))
+        fused = _gpu_time(lambda: site(p, g, m, v, clip, scalars=scalars))
         path = dispatch.last_path("adam")
-        ref = _gpu_time(functional.adam, (p, g, m, v, *scalars), n=10)
+        ref = _gpu_time(functional.adam, (p, g, m, v, clip, *scalars), n=10)
+        norm_site = dispatch.Site(functional.clip_factor)  # clip_norm's one reduction
+        norm = _gpu_time(lambda: norm_site(g, clip, scalars=(1.0, 1e-6, True)))
+        clip[...] = cp.asarray([1.0, 0.0])
         dst = cp.empty_like(p)
         copy = _gpu_time(lambda: dst.__setitem__(Ellipsis, p))
         copy_bw = 8 * n / copy
         rows.append(dict(op="adam", n=n, dtype="float32", path=path, fused_s=fused,
                          reference_s=ref, copy_s=copy, fused_GBps=28 * n / fused / 1e9,
                          copy_GBps=copy_bw / 1e9,
-                         fraction_of_copy_bw=(28 * n / fused) / copy_bw))
+                         fraction_of_copy_bw=(28 * n / fused) / copy_bw,
+                         clip_factor_s=norm, clip_factor_GBps=4 * n / norm / 1e9))
         emit(dict(rows=rows))
     for n, d in ([(1024, 100)] if quick else [(128, 100), (1024, 100), (1024, 1024),
                                               (1024, 4096)]):
@@ -352,8 +364,9 @@ def _launch_costs(quick):
     p = cp.random.standard_normal(1000, dtype=cp.float32)
     g, m, v = cp.zeros_like(p), cp.zeros_like(p), cp.zeros_like(p)
     record = cp.zeros(guard_record.FLAGS, cp.int64)
-    scalars = (0.9, 0.999, 1e-8, 1e-3, 10.0, 0.0, 0.0, 1.0)
-    args = (p, g, m, v, *scalars, record)
+    clip = functional.clip_array(p)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 10.0, 0.0, 0.0, 1.0, 0.0)
+    args = (p, g, m, v, clip, *scalars, record)
     kernel, launch = optim_cuda.adam, optim_cuda.launch("adam", p)
     sync = cp.cuda.Device().synchronize
     stream = cp.cuda.get_current_stream().ptr
@@ -366,7 +379,7 @@ def _launch_costs(quick):
         "numba_us": lambda: kernel[launch[0], launch[1], ext](*args),
         "launcher_numba_us": lambda: by_numba(stream, args),
         "launcher_direct_us": lambda: direct(stream, args),
-        "site_us": lambda: site(p, g, m, v, scalars=scalars),
+        "site_us": lambda: site(p, g, m, v, clip, scalars=scalars),
         "cupy_elementwise_us": lambda: p.__iadd__(g),
     }
     for name, fn in paths.items():

@@ -58,16 +58,17 @@ def calls_worker(n):
     p, g = rng.standard_normal(1000, dtype=np.float32), rng.standard_normal(1000, dtype=np.float32)
     m, v = np.zeros_like(p), np.zeros_like(p)
     record = np.zeros(guard_record.FLAGS, np.int64)
-    scalars = (0.9, 0.999, 1e-8, 1e-3, 10.0, 0.0, 0.0, 1.0)
+    clip = F.clip_array(p)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 10.0, 0.0, 0.0, 1.0, 0.0)
     adam = dispatch.kernels("optim", "cpu").SERIAL["adam"]
     site = dispatch.Site(F.adam)
     opt = optim.Adam(lr=1e-3)
     params, grads = {"p": p}, {"p": g}
-    out = dict(adam_kernel=median_us(lambda: adam(p, g, m, v, *scalars, record), n),
-               adam_site=median_us(lambda: site(p, g, m, v, scalars=scalars), n),
+    out = dict(adam_kernel=median_us(lambda: adam(p, g, m, v, clip, *scalars, record), n),
+               adam_site=median_us(lambda: site(p, g, m, v, clip, scalars=scalars), n),
                adam_update=median_us(lambda: opt.update(params, grads), n),
-               adam_call=median_us(lambda: dispatch.call(F.adam, p, g, m, v, scalars=scalars),
-                                   n // 4))
+               adam_call=median_us(lambda: dispatch.call(F.adam, p, g, m, v, clip,
+                                                         scalars=scalars), n // 4))
     x = rng.standard_normal((4, 8), dtype=np.float32)
     gamma, beta = np.ones(8, np.float32), np.zeros(8, np.float32)
     rm, rv = np.zeros(8, np.float32), np.ones(8, np.float32)

@@ -25,7 +25,7 @@ ALL_SCRIPTS = ("optimizer_paths", "activation_histograms", "compare_initializers
                "compare_optimizers", "batchnorm_compare", "overfitting",
                "hyperparameter_search", "search_efficiency", "lr_decay", "gradient_check",
                "run_all", "book_differences", "thread_determinism", "bench_kernels",
-               "bn_rounds")
+               "bn_rounds", "clip_cost")
 SYNTHETIC = ("optimizer_paths", "activation_histograms")
 
 

@@ -273,9 +273,9 @@ def test_both_paths_refuse_the_same_input(mode):
     with dispatch.use(mode):
         with pytest.raises(TypeError, match="state\\[0\\] has dtype float64"):
             dispatch.optimizer_step(functional.adagrad, p, p.copy(), (np.zeros(5),),
-                                    (0.1, 1e-7, 0.0))
+                                    (0.1, 1e-7, 0.0, 0))
         with pytest.raises(ValueError, match="g has shape"):
-            dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0))
+            dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0, 0))
         with pytest.raises(ValueError, match="gamma has shape"):
             dispatch.batchnorm_forward_train(x, np.ones(2), d3, d3 * 0, d3, 0.9, 1e-5)
         with pytest.raises(TypeError, match="x must be a float array"):
