@@ -14,6 +14,7 @@ from . import (
     schedules,
 )
 from .backend import array_module, get_backend, to_device, to_numpy
+from .early_stopping import EarlyStopping
 from .history import History
 from .network import MultiLayerNet
 from .threads import blas_threads
@@ -22,8 +23,8 @@ from .trainer import Trainer
 __version__ = "0.3.0"
 __all__ = [
     "array_module", "blas_threads", "get_backend", "to_device", "to_numpy", "MultiLayerNet",
-    "Trainer", "History", "datasets", "ewma", "gradcheck", "initializers", "layers", "optim",
-    "preprocessing", "schedules", "search",
+    "Trainer", "EarlyStopping", "History", "datasets", "ewma", "gradcheck", "initializers",
+    "layers", "optim", "preprocessing", "schedules", "search",
 ]
 
 

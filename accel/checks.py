@@ -231,6 +231,25 @@ def class_ids(name: str, t, n_classes: int, n=None):
     return t
 
 
+def binary_labels(name: str, t, n: int, dtype=None):
+    """Labels 0/1 of one binary output: shape (n,) or (n, 1), ints, floats or bools holding
+    only 0 and 1. Returned as shape (n,), cast to ``dtype`` when given."""
+    if not hasattr(t, "dtype"):
+        t = np.asarray(t)
+    if t.shape not in ((n,), (n, 1)):
+        raise ValueError(f"{name} must be labels 0/1 of shape ({n},) or ({n}, 1), got shape "
+                         f"{tuple(t.shape)}")
+    if t.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold 0/1 as ints, floats or bools, got dtype {t.dtype}")
+    xp = array_module(t)
+    if n and not bool(xp.logical_or(t == 0, t == 1).all()):
+        bad = t[xp.logical_not(xp.logical_or(t == 0, t == 1))].ravel()[0]
+        raise ValueError(f"{name} must hold only 0 and 1 (a sigmoid output has one unit), "
+                         f"got {bad.item()!r}")
+    t = t.reshape(n)
+    return t if dtype is None else t.astype(dtype)
+
+
 def labels(name: str, t, n: int, n_classes: int):
     """Integer class ids of shape (n,) in [0, n_classes), or one-hot of shape (n, n_classes)."""
     if not hasattr(t, "dtype"):

@@ -7,7 +7,8 @@ capability, with the argument types the dispatch launches it with:
   the outputs, workspaces and the guard's record;
 - arrays C-contiguous, of the dtype; 1-D for ``flat`` ops, else the number of dimensions
   ``Op.shapes``/``Op.outputs`` give for an (N, D) input; class ids (``Op.labels``) and
-  ``Op.ints`` int64 1-D (one-hot labels take the reference, see ``Op.takes``);
+  ``Op.ints`` int64 1-D (one-hot labels take the reference, see ``Op.takes``), ``Op.doubles``
+  float64 (the gradient-clipping factor);
 - scalars float64 (``dispatch.call`` passes every scalar as a Python float).
 
 A kernel that does not type or lower raises here. The PTX is then assembled for sm_XX and the
@@ -70,8 +71,8 @@ def launch_arguments(reference, op, kernel, dtype):
             kinds.append(("scalar", np.dtype(np.float64)))
         elif kind in "rw":
             ints = k in op.labels or k in op.ints
-            kinds.append(("array", np.dtype(np.int64 if ints else dtype),
-                          1 if k in op.labels else ndims[k]))
+            want = np.int64 if ints else np.float64 if k in op.doubles else dtype
+            kinds.append(("array", np.dtype(want), 1 if k in op.labels else ndims[k]))
         elif kind == "o":
             kinds.append(("array", np.dtype(dtype), next(out_ndims)))
         elif kind == "z":

@@ -129,7 +129,14 @@ class CorruptFileError(ValueError):
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A dataset file found in no local folder and not downloadable."""
+    """A dataset file found in no local folder and not downloadable. ``dataset``, ``file``,
+    ``searched`` ((label, folder) pairs) and ``notes`` (why the download did not happen or
+    failed) say it in parts, for a command line to word its own message."""
+
+    def __init__(self, message, *, dataset=None, file=None, searched=(), notes=()):
+        super().__init__(message)
+        self.dataset, self.file = dataset, file
+        self.searched, self.notes = list(searched), list(notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +375,8 @@ def _find(name: str, stem: str, data_dir, download: bool) -> tuple[Path, bytes]:
             notes.append(str(exc))
     else:
         notes.append("download=False")
-    raise DatasetNotFoundError(_no_data_message(name, stem, searched, notes))
+    raise DatasetNotFoundError(_no_data_message(name, stem, searched, notes), dataset=name,
+                               file=stem, searched=searched, notes=notes)
 
 
 def _load_split(name, split, data_dir, download):

@@ -35,6 +35,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import operator
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -50,14 +51,17 @@ log = logging.getLogger(__name__)
 
 MODES = ("fused", "reference")
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F64 = np.dtype(np.float64)
 
 # CPU: arrays smaller than this run the serial compile of a kernel (waking the thread pool
 # costs ~10 µs idle, a scheduler time slice when the cores are busy, e.g. with BLAS threads).
 PARALLEL_MIN = 1 << 18
 
 _override: str | None = None
+_switched = 0  # counts use() entries and exits: a plan made before a switch is remade
 _last: dict[str, str] = {}
 _calls: Counter = Counter()
+_logged: set = set()  # (op, path) pairs whose first use was logged
 _modules: dict[str, object] = {}
 _cuda_error: str | None = None  # why numba.cuda cannot be used at all (None: it can)
 _cuda_failed: dict[str, str] = {}  # kernel name → why its first compile/launch failed
@@ -79,7 +83,8 @@ class Op:
     changes nothing when record[SKIP] is set). ``shapes(arrays)`` is the shape each of the
     reference's arrays must have, ``outputs(arrays)`` the shapes of the ``o`` arrays.
     Arrays are of the first array's float dtype, but ``ints`` (int64: class ids, offsets,
-    the record) and ``labels`` (class ids, int64, or one-hot rows of floats).
+    the record), ``doubles`` (float64 whatever the dtype: the gradient-clipping factor) and
+    ``labels`` (class ids, int64, or one-hot rows of floats).
     """
 
     family: str
@@ -90,6 +95,7 @@ class Op:
     takes: Callable = lambda arrays: True  # False: the kernel cannot, the reference runs
     labels: tuple = ()
     ints: tuple = ()
+    doubles: tuple = ()
     flat: bool = False  # elementwise: the kernel takes the arrays as 1-D views
     work: tuple = ()  # (shape, dtype) of each ``z`` array
 
@@ -101,10 +107,6 @@ class Op:
     @property
     def reads(self) -> tuple:
         return tuple(i for i, k in enumerate(self.kinds[:self.n_arrays]) if k == "r")
-
-
-def _like_first(arrays):
-    return [arrays[0].shape] * len(arrays)
 
 
 def _matrix_and_vectors(*kinds):
@@ -134,6 +136,18 @@ def _scores_and_labels(arrays):
     return [x.shape, x.shape[:1] if t.ndim == 1 else x.shape]
 
 
+def _optimizer_shapes(arrays):
+    """p, g and the state: p's shape; the clip array (the last): (2,)."""
+    return [arrays[0].shape] * (len(arrays) - 1) + [(2,)]
+
+
+def _optimizer(kernel, kinds):
+    """An optimizer rule's Op: (p, g, *state, clip) then scalars, elementwise, the clip
+    factor [factor, Σg² so far] in float64."""
+    return Op("optim", kernel, kinds, _optimizer_shapes, flat=True,
+              doubles=(kinds.index("s") - 1,))
+
+
 def _guard_shapes(arrays):
     loss, g, g_starts, buffers, buffer_starts, saved, record = arrays
     return [loss.shape if loss.size == 1 else (1,), (g.size,), g_starts.shape,
@@ -141,12 +155,17 @@ def _guard_shapes(arrays):
 
 
 OPS: dict[Callable, Op] = {
-    F.sgd: Op("optim", "sgd", "wrssk", _like_first, flat=True),
-    F.momentum: Op("optim", "momentum", "wrwssssk", _like_first, flat=True),
-    F.nesterov: Op("optim", "nesterov", "wrwsssk", _like_first, flat=True),
-    F.adagrad: Op("optim", "adagrad", "wrwsssk", _like_first, flat=True),
-    F.rmsprop: Op("optim", "rmsprop", "wrwssssk", _like_first, flat=True),
-    F.adam: Op("optim", "adam", "wrwwssssssssk", _like_first, flat=True),
+    F.sgd: _optimizer("sgd", "wrrsssk"),
+    F.momentum: _optimizer("momentum", "wrwrsssssk"),
+    F.nesterov: _optimizer("nesterov", "wrwrssssk"),
+    F.adagrad: _optimizer("adagrad", "wrwrssssk"),
+    F.rmsprop: _optimizer("rmsprop", "wrwrsssssk"),
+    F.adadelta: _optimizer("adadelta", "wrwwrsssssk"),
+    F.adam: _optimizer("adam", "wrwwrsssssssssk"),
+    # workspace: the blocks' (CUDA) or chunks' (CPU) sums, room for clip_cuda.MAX_BLOCKS; the
+    # CUDA blocks' ticket
+    F.clip_factor: Op("clip", "clip_factor", "rwssszz", lambda a: [a[0].shape, (2,)],
+                      doubles=(1,), flat=True, work=(((64,), np.float64), ((1,), np.int64))),
     F.batchnorm_forward_train: Op(
         "batchnorm", "batchnorm_forward_train", "rrrwwssooo",
         _matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x", "d", "d"),
@@ -175,7 +194,8 @@ _NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
 
 
 def mode() -> str:
-    """"fused" or "reference": ``use()``'s override, else env ACCEL_KERNELS (default fused)."""
+    """"fused" or "reference": ``use()``'s override, else env ACCEL_KERNELS (default fused;
+    read when a plan is made, so set it before the process trains)."""
     if _override is not None:
         return _override
     env = os.environ.get("ACCEL_KERNELS", "").strip().lower()
@@ -189,14 +209,16 @@ def mode() -> str:
 @contextlib.contextmanager
 def use(which: str):
     """Run a block on one path: ``with dispatch.use("reference"): ...``."""
-    global _override
+    global _override, _switched
     if which not in MODES:
         raise ValueError(f"use({which!r}): must be one of {MODES}")
     before, _override = _override, which
+    _switched += 1
     try:
         yield
     finally:
         _override = before
+        _switched += 1
 
 
 def last_path(op: str | None = None):
@@ -215,11 +237,16 @@ def reset_calls() -> None:
     _last.clear()
 
 
-def _record(op: str, path: str) -> None:
-    key = (op, path)
-    if key not in _calls:
+def _first_use(op: str, path: str) -> None:
+    """Log the first use of an (op, path) at INFO level."""
+    if (op, path) not in _logged:
+        _logged.add((op, path))
         log.info("accel: %s runs on the %s path", op, path)
-    _calls[key] += 1
+
+
+def _record(op: str, path: str) -> None:
+    _first_use(op, path)
+    _calls[(op, path)] += 1
     _last[op] = path
 
 
@@ -367,13 +394,16 @@ def _check(op: Op, names, arrays):
     """Types, dtypes and shapes of the reference's arrays: TypeError/ValueError naming the
     argument, before anything runs."""
     for i, a in enumerate(arrays):
-        kind = getattr(getattr(a, "dtype", None), "kind", None)
+        dtype = getattr(a, "dtype", None)
+        kind = getattr(dtype, "kind", None)
         if i in op.ints:
             ok = kind in ("i", "u")
+        elif i in op.doubles:
+            ok = dtype == np.float64
         else:
             ok = kind == "f" or (i in op.labels and kind in ("i", "u"))
         if not ok:
-            want = "an integer" if i in op.ints else "a float"
+            want = "an integer" if i in op.ints else "a float64" if i in op.doubles else "a float"
             raise TypeError(f"{names[i]} must be {want} array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
     for name, a, shape in zip(names, arrays, op.shapes(arrays)):
@@ -396,7 +426,7 @@ def _converted(op: Op, names, arrays):
     out, written = [], []
     for i, (name, a) in enumerate(zip(names, arrays)):
         want = np.dtype(np.int64) if i in op.ints or (
-            i in op.labels and a.dtype.kind in "iu") else dtype
+            i in op.labels and a.dtype.kind in "iu") else _F64 if i in op.doubles else dtype
         if a.flags.c_contiguous and a.dtype == want:
             out.append(a)  # the common case: nothing to convert (NumPy or CuPy alike)
             continue
@@ -434,7 +464,7 @@ class Plan:
         self.last = list(arrays)
         converted, written = _converted(op, self.names, plain)
         self.direct = not written and all(c is a for c, a in zip(converted, plain))
-        self.mode = mode()
+        self.switched = _switched
         self.target = target if target is not None else _target(plain[0])
         self.kernel = self.launch = self.launcher = None
         if self.target is not None and op.takes(converted):
@@ -442,6 +472,7 @@ class Plan:
         xp = array_module(plain[0])
         self.xp = xp
         self.no_record = xp.zeros(FLAGS, dtype=np.int64) if "k" in op.kinds else None
+        self.run = self._run
         if self.kernel is None:
             self.outputs, self.work = [], []
             return
@@ -455,21 +486,45 @@ class Plan:
             self.launch = kernels(op.family, "cuda").launch(op.kernel, *kernel_in)
             if is_cupy(plain[0]):
                 self.launcher = _cuda_jit().Launcher(self.kernel, self.launch)
+        if self.target == "cpu" and self.direct and self.stand_in is None:
+            self.key = (op.kernel, "cpu")
+            _first_use(*self.key)
+            self.reshape = op.flat and any(len(shape) != 1 for _, shape, _ in self.expect)
+            self.run = self._run_cpu
 
     def matches(self, arrays) -> bool:
         """True when ``arrays`` are the arrays of the last call, or of the same type, shape
-        and dtype and C-contiguous, and the switch still picks this plan's path."""
-        if len(arrays) != len(self.expect):
+        and dtype and C-contiguous, and no ``use()`` switched the path since the plan."""
+        if len(arrays) != len(self.expect) or self.switched != _switched:
             return False
         for a, last, (kind, shape, dtype) in zip(arrays, self.last, self.expect):
             if a is not last and (type(a) is not kind or a.shape != shape
                                   or a.dtype != dtype or not a.flags.c_contiguous):
                 return False
-        return mode() == self.mode
+        return True
 
     def __call__(self, *arrays, scalars=(), record=None):
+        return self.run(arrays, scalars, record)
+
+    def _run_cpu(self, arrays, scalars, record):
+        """The common case, kept short: NumPy arrays as the kernel takes them."""
+        self.last = arrays
+        if self.reshape:
+            arrays = [a.reshape(-1) for a in arrays]
+        outputs = self.outputs if self.reuse else [
+            np.empty(shape, self.dtype) for shape in self.output_shapes]
+        if self.no_record is None:
+            self.kernel(*arrays, *map(float, scalars), *outputs, *self.work)
+        else:
+            self.kernel(*arrays, *map(float, scalars), *outputs, *self.work,
+                        self.no_record if record is None else record)
+        _calls[self.key] += 1
+        _last[self.key[0]] = "cpu"
+        return None if not outputs else outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _run(self, arrays, scalars, record):
         op = self.op
-        self.last = list(arrays)
+        self.last = arrays
         if self.kernel is None or not self.direct:
             return self._slow(arrays, scalars, record)
         if self.stand_in is not None:
@@ -546,9 +601,11 @@ class Site:
 
     def __call__(self, *arrays, scalars=(), record=None):
         plan = self.plan
-        if plan is None or not plan.matches(arrays) or plan.reuse is not self.reuse:
+        if plan is None or plan.reuse is not self.reuse or not (
+                plan.switched == _switched and len(arrays) == len(plan.last)
+                and all(map(operator.is_, arrays, plan.last)) or plan.matches(arrays)):
             plan = self.plan = Plan(self.reference, arrays, self.names, reuse=self.reuse)
-        return plan(*arrays, scalars=scalars, record=record)
+        return plan.run(arrays, scalars, record)
 
 
 def call(reference, *arrays, scalars=(), target=None, names=None, record=None):
@@ -560,12 +617,15 @@ def call(reference, *arrays, scalars=(), target=None, names=None, record=None):
 # -- the ops, with the reference's arguments (one-off calls; layers and optimizers hold Sites)
 
 
-def optimizer_step(rule, p, g, state=(), scalars=(), record=None):
-    """``rule(p, g, *state, *scalars)`` (an optimizer rule of ``accel.functional``);
-    updates ``p`` and ``state`` in place, unless the guard's ``record`` says skip."""
+def optimizer_step(rule, p, g, state=(), scalars=(), clip=None, record=None):
+    """``rule(p, g, *state, clip, *scalars)`` (an optimizer rule of ``accel.functional``);
+    updates ``p`` and ``state`` in place, unless the guard's ``record`` says skip. ``clip``:
+    the gradient-clipping array (default: factor 1, no clipping)."""
     names = ["p", "g", *(f"state[{k}]" for k in range(len(state))),
              *_NAMES[rule][2 + len(state):]]
-    call(rule, p, g, *state, scalars=scalars, names=names, record=record)
+    if clip is None:
+        clip = F.clip_array(p)
+    call(rule, p, g, *state, clip, scalars=scalars, names=names, record=record)
 
 
 def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps):

@@ -14,12 +14,15 @@ class FlatDict(dict):
     """A dict of name → view into ``self.flat`` (a contiguous 1-D array).
 
     Assigning to an existing name copies into its view, so the link to ``flat`` is never
-    lost (``params["W1"] = W`` behaves like ``params["W1"][...] = W``).
+    lost (``params["W1"] = W`` behaves like ``params["W1"][...] = W``). ``weights``: the names
+    of the weight matrices, which ``allocate`` lays out first, in ``flat[:n_weights]`` (None:
+    the container declares none; see ``accel.decay_mask``).
     """
 
-    def __init__(self, flat, views):
+    def __init__(self, flat, views, weights=None, n_weights=None):
         super().__init__(views)
         self.flat = flat
+        self.weights, self.n_weights = weights, n_weights
 
     def __setitem__(self, key, value):
         if key not in self:
@@ -47,19 +50,26 @@ def _address(a) -> int:
     return a.__array_interface__["data"][0]
 
 
-def allocate(xp, shapes: dict, dtype, layout=None) -> FlatDict:
+def allocate(xp, shapes: dict, dtype, layout=None, weights=None) -> FlatDict:
     """A zeroed FlatDict with a view of each shape; ``layout`` orders the names in ``flat``.
 
     The dict keeps the order of ``shapes``; ``flat`` stores the names in ``layout`` order
     (default the same), so a group such as all weight matrices can be one contiguous slice.
+    ``weights`` names the weight matrices, which must come first in ``layout``.
     """
     layout = list(shapes) if layout is None else list(layout)
     if sorted(layout) != sorted(shapes):
         raise ValueError(f"layout {layout} must name each of {list(shapes)} once")
+    n_weights = None
+    if weights is not None:
+        weights = tuple(weights)
+        if sorted(layout[:len(weights)]) != sorted(weights):
+            raise ValueError(f"the weights {list(weights)} must come first in layout {layout}")
+        n_weights = sum(math.prod(shapes[k]) for k in weights)
     sizes = {k: math.prod(shapes[k]) for k in layout}
     flat = xp.zeros(sum(sizes.values()), dtype=dtype)
     views, start = {}, 0
     for k in layout:
         views[k] = flat[start:start + sizes[k]].reshape(shapes[k])
         start += sizes[k]
-    return FlatDict(flat, {k: views[k] for k in shapes})
+    return FlatDict(flat, {k: views[k] for k in shapes}, weights, n_weights)

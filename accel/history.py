@@ -13,7 +13,9 @@ class History:
     which ``train_acc[i]``, ``val_acc[i]`` and ``test_acc[i]`` were measured (each list is
     empty when that data was not given); index 0 is before training. ``train_loss[k]`` is
     the loss of iteration k+1's mini-batch, computed in its forward pass, before that
-    iteration's update.
+    iteration's update. ``lr[i]`` is the lr of the last step before evaluation i (at index
+    0, of the first step). A run ended by an ``on_evaluate`` hook (``accel.EarlyStopping``)
+    records why in ``stop_reason`` and the epoch in ``stopped_epoch`` (both None otherwise).
     """
 
     train_loss: list = field(default_factory=list)
@@ -26,6 +28,8 @@ class History:
     elapsed_s: float = 0.0
     skipped_steps: int = 0  # steps not applied because of NaN/Inf (on_nonfinite="skip")
     skipped: list = field(default_factory=list)  # their iteration numbers (1-based)
+    stop_reason: str | None = None  # why an on_evaluate hook (EarlyStopping) ended the run
+    stopped_epoch: float | None = None  # the epoch of the evaluation that ended it
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -54,6 +54,8 @@ def reuse_outputs(layers) -> None:
     of returning new arrays: for a caller that consumes each output before the next call of
     the same layer (``MultiLayerNet``)."""
     for layer in layers:
+        if isinstance(layer, Affine):
+            layer.reuse = True
         for site in vars(layer).values():
             if isinstance(site, dispatch.Site):
                 site.reuse = True
@@ -68,10 +70,13 @@ class Affine:
             raise ValueError(f"W must be (n_in, n_out) and b (n_out,), got {W.shape} and {b.shape}")
         if W.dtype != b.dtype:
             raise TypeError(f"W and b dtypes differ: {W.dtype} and {b.dtype}")
-        self.W, self.b = W, b
+        self.W, self.b, self.WT = W, b, W.T
         self.dW, self.db = _grad_like(W, dW, "dW"), _grad_like(b, db, "db")
         self.x = self.x_shape = None
         self.need_dx = True  # False for a first layer: skips the unused dL/dx product
+        self.xp = array_module(W)
+        self.reuse = False  # see reuse_outputs: x·W and dL/dx into buffers of the layer's own
+        self._y = self._dx = None
 
     def forward(self, x, train: bool = False):
         out = self.forward_linear(x)
@@ -84,23 +89,39 @@ class Affine:
 
     def forward_linear(self, x):
         """x·W without the bias (for a following layer that adds it in its own pass)."""
-        _float_input("x", x)
+        if not hasattr(x, "dtype"):
+            _float_input("x", x)  # not an array: says so
         self.x_shape = x.shape
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.W.shape[0]:
+        if x.ndim != 2:
+            x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.W.shape[0] or x.dtype.kind != "f":
+            _float_input("x", x)
             raise ValueError(
                 f"x has {x.shape[1]} features per sample (shape {self.x_shape}), "
                 f"Affine expects {self.W.shape[0]}"
             )
         self.x = x
-        return x @ self.W
+        if not self.reuse:
+            return x @ self.W
+        y = self._y
+        if y is None or y.shape[0] != x.shape[0] or y.dtype != x.dtype:
+            y = self._y = self.xp.empty_like(self.W, shape=(x.shape[0], self.W.shape[1]),
+                                             dtype=x.dtype)  # W's array type
+        return self.xp.matmul(x, self.W, out=y)
 
     def backward_linear(self, dout):
         """dW = xᵀ·dout and dL/dx = dout·Wᵀ (db is left to the caller)."""
-        array_module(dout).matmul(self.x.T, dout, out=self.dW)
+        xp = self.xp
+        xp.matmul(self.x.T, dout, out=self.dW)
         if not self.need_dx:
             return None
-        return (dout @ self.W.T).reshape(self.x_shape)
+        if not self.reuse:
+            return (dout @ self.WT).reshape(self.x_shape)
+        dx = self._dx
+        if dx is None or dx.shape != self.x.shape or dx.dtype != dout.dtype:
+            dx = self._dx = xp.empty_like(self.W, shape=self.x.shape, dtype=dout.dtype)
+        xp.matmul(dout, self.WT, out=dx)
+        return dx if len(self.x_shape) == 2 else dx.reshape(self.x_shape)
 
 
 class _Activation:
@@ -239,7 +260,8 @@ class BatchNorm:
     def forward(self, x, train: bool = False):
         _float_input("x", x)
         self.x_shape = x.shape
-        x = x.reshape(x.shape[0], -1)
+        if x.ndim != 2:  # a new view every call: only when needed
+            x = x.reshape(x.shape[0], -1)
         if x.shape[1] != self.gamma.shape[0]:
             raise ValueError(
                 f"x has {x.shape[1]} features (shape {self.x_shape}), "
@@ -248,7 +270,7 @@ class BatchNorm:
         if not train:
             out = self._eval(x, self.gamma, self.beta, self.running_mean, self.running_var,
                              scalars=(self.eps,))
-            return out.reshape(self.x_shape)
+            return _shaped(out, self.x_shape)
         if x.shape[0] < 2:
             raise ValueError(
                 f"BatchNorm in train mode needs a batch of at least 2 samples, got x of shape "
@@ -258,13 +280,18 @@ class BatchNorm:
         out, self.mean, self.invstd = self._train(
             x, self.gamma, self.beta, self.running_mean, self.running_var,
             scalars=(self.momentum, self.eps))
-        return out.reshape(self.x_shape)
+        return _shaped(out, self.x_shape)
 
     def backward(self, dout):
-        dy = dout.reshape(dout.shape[0], -1)
+        dy = dout if dout.ndim == 2 else dout.reshape(dout.shape[0], -1)
         dx = self._backward(dy, self.x, self.gamma, self.mean, self.invstd, self.dgamma,
                             self.dbeta)  # dgamma, dbeta in place: the grad buffer
-        return dx.reshape(self.x_shape)
+        return _shaped(dx, self.x_shape)
+
+
+def _shaped(a, shape):
+    """``a`` with ``shape`` (itself when it has it already: no new view object)."""
+    return a if a.shape == shape else a.reshape(shape)
 
 
 class SoftmaxWithLoss:
@@ -308,6 +335,49 @@ class SoftmaxWithLoss:
         else:
             y += self.t
         return y
+
+    def backward(self, dout=1.0):
+        if dout == 1:
+            return self.dx
+        return self.dx * self.dx.dtype.type(dout)
+
+
+class SigmoidWithLoss:
+    """One sigmoid unit + mean binary cross-entropy (the course's week-1 output). ``x`` holds
+    one logit per sample, shape (N, 1); ``t`` labels 0/1 of shape (N,) or (N, 1).
+
+    loss = mean(max(z, 0) − z·t + log(1 + exp(−|z|))), the course's
+    −(1/m)Σ[y·log a + (1 − y)·log(1 − a)] of a = σ(z) computed from the logit (no overflow,
+    no log 0); its gradient (σ(z) − t)/N is formed in the same call
+    (``functional.sigmoid_binary_cross_entropy``), and backward scales it by dout.
+    """
+
+    def __init__(self):
+        self.dx = self.z = None
+
+    def forward(self, x, t, train: bool = False, check: bool = True):
+        """The loss (a 0-d array). ``check=False`` skips the label checks (labels checked once
+        by ``MultiLayerNet.prepare``: floats of x's dtype, shape (N,))."""
+        _float_input("x", x, ndim=2)
+        n = x.shape[0]
+        if x.shape[1] != 1:
+            raise ValueError(f"x must hold one logit per sample, shape ({n}, 1), got shape "
+                             f"{tuple(x.shape)}")
+        if check:
+            t = checks.binary_labels("t", t, n, dtype=x.dtype)
+        elif getattr(t, "shape", None) != (n,):
+            raise ValueError(f"t must have {n} labels (one per row of x), got shape "
+                             f"{getattr(t, 'shape', None)}")
+        self.z = x[:, 0]
+        losses, dz = F.sigmoid_binary_cross_entropy(self.z, t)
+        self.dx = dz.reshape(n, 1)
+        return losses.sum()
+
+    @property
+    def y(self):
+        """σ(z) of the last forward pass, the probability of class 1, shape (N, 1)."""
+        xp = array_module(self.z)
+        return (0.5 * (1 + xp.tanh(0.5 * self.z))).reshape(-1, 1)
 
     def backward(self, dout=1.0):
         if dout == 1:

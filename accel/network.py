@@ -7,8 +7,9 @@ import warnings
 
 import numpy as np
 
-from . import checkpoint, checks
+from . import checkpoint, checks, threads
 from .backend import get_backend
+from .decay_mask import MASKS, flat_block
 from .flat import allocate
 from .initializers import init_weight, weight_std
 from .layers import (
@@ -18,39 +19,53 @@ from .layers import (
     Dropout,
     ReLU,
     Sigmoid,
+    SigmoidWithLoss,
     SoftmaxWithLoss,
     Tanh,
     reuse_outputs,
 )
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+OUTPUTS = {"softmax": SoftmaxWithLoss, "sigmoid": SigmoidWithLoss}
 # constructor arguments added after format-1 files were written, with the value those files
 # had (a saved config without them loads as if it named these)
-CONFIG_ADDED = {"bn_running_var_init": 1.0}
+CONFIG_ADDED = {"bn_running_var_init": 1.0, "output": "softmax", "decay_mask": "weights"}
 
 
 class MultiLayerNet:
     """Fully connected net: per hidden layer Affine → BatchNorm → activation → Dropout,
-    then Affine → SoftmaxWithLoss.
+    then Affine → the output: ``output="softmax"`` (default; SoftmaxWithLoss, labels class
+    ids or one-hot rows) or ``"sigmoid"`` with ``output_size=1`` (the course's week-1 binary
+    output: one logit, SigmoidWithLoss, labels 0/1 as ints, floats or bools).
 
-    Loss = mean cross-entropy + ½·weight_decay·ΣW² over every weight matrix (the book's form;
-    no decay on biases, gamma, beta). ``params`` and the dict ``gradient`` returns are views
-    into one flat buffer each (``params.flat``, ``grads.flat``; weights first), so an
-    optimizer updates the whole model in one pass.
+    Loss = mean cross-entropy (softmax) or mean binary cross-entropy computed from the logit
+    (sigmoid) + ½·weight_decay·ΣW² over every weight matrix (the book's form; no decay on
+    biases, gamma, beta; the course's λ/(2m)·ΣW² is ``weight_decay`` = λ/m).
+    ``decay_mask="all"`` puts every parameter in the sum (``accel.decay_mask``: the rule the
+    optimizers share). ``params`` and the dict ``gradient`` returns are views into one flat
+    buffer each (``params.flat``, ``grads.flat``; the weight matrices first, in
+    ``flat[:n_weights]``), so an optimizer updates the whole model in one pass.
 
-    Labels ``t`` may be class ids (N,) or one-hot (N, C). Float inputs of the other precision
-    are cast to ``dtype``; integer inputs are refused (scale them to floats first).
+    Labels ``t`` may be class ids (N,) or one-hot (N, C) (sigmoid: 0/1 of shape (N,) or
+    (N, 1)). Float inputs of the other precision are cast to ``dtype``; integer inputs are
+    refused (scale them to floats first).
     """
 
     def __init__(self, input_size, hidden_sizes, output_size, activation="relu",
                  weight_init="he", weight_decay=0.0, batchnorm=False, dropout=0.0,
                  dtype=np.float32, backend=None, seed=None, *, bn_momentum=0.9, bn_eps=1e-5,
-                 bn_running_var_init=1.0, dropout_inverted=True):
+                 bn_running_var_init=1.0, dropout_inverted=True, output="softmax",
+                 decay_mask="weights"):
         sizes = _sizes(input_size, hidden_sizes, output_size)
+        self.output = checks.one_of("output", output, OUTPUTS)
+        if self.output == "sigmoid" and sizes[-1] != 1:
+            raise ValueError(f"output='sigmoid' is one unit: it needs output_size=1, got "
+                             f"output_size={output_size!r}")
         self.activation = checks.one_of("activation", activation, ACTIVATIONS)
         for i in range(len(sizes) - 1):  # fail on a bad name before allocating anything
             weight_std(weight_init, sizes[i], sizes[i + 1])
         self.weight_decay = checks.non_negative("weight_decay", weight_decay)
+        self.decay_mask = checks.one_of("decay_mask", decay_mask, MASKS)
         self.dropout = checks.in_unit_interval("dropout", dropout)
         self.dtype = checks.floating_dtype("dtype", dtype)
         self.sizes, self.weight_init = sizes, weight_init
@@ -64,16 +79,18 @@ class MultiLayerNet:
         xp = self.backend.xp
 
         shapes = param_shapes(sizes, self.batchnorm)
-        layout = [k for k in shapes if k[0] == "W"] + [k for k in shapes if k[0] != "W"]
+        weights = [k for k in shapes if k[0] == "W"]
+        layout = weights + [k for k in shapes if k[0] != "W"]
         try:
-            self.params = allocate(xp, shapes, self.dtype, layout)
-            self.grads = allocate(xp, shapes, self.dtype, layout)
+            self.params = allocate(xp, shapes, self.dtype, layout, weights=weights)
+            self.grads = allocate(xp, shapes, self.dtype, layout, weights=weights)
         except (ValueError, MemoryError) as exc:  # sizes no memory can hold
             n = sum(int(np.prod(shape, dtype=object)) for shape in shapes.values())
             raise ValueError(f"input_size, hidden_sizes, output_size = {sizes[0]}, "
                              f"{sizes[1:-1]}, {sizes[-1]} give {n} parameters, too many to "
                              f"allocate ({exc})") from None
-        self.n_weights = sum(self.params[f"W{i}"].size for i in range(1, len(sizes)))
+        self.n_weights = self.params.n_weights
+        self.n_decayed = flat_block(self.params, self.decay_mask)  # the L2 term's flat[:n]
         # BatchNorm's running statistics: not parameters, but one flat buffer too, so the
         # non-finite guard checks (and a skipped step restores) them in one operation.
         n_hidden = len(sizes) - 2
@@ -103,14 +120,17 @@ class MultiLayerNet:
             if self.dropout > 0:
                 self.layers.append(Dropout(self.dropout, dropout_inverted, rng=self.rng))
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
-        self.last_layer = SoftmaxWithLoss()
+        self.last_layer = OUTPUTS[self.output]()
         self.passes = _fuse(self.layers)
+        # the thread policy (accel.threads), applied as a pass starts: NumPy's BLAS only
+        self._widest = max(sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1))
+        self._cpu = self.backend.name == "numpy"
         reuse_outputs([*self.layers, self.last_layer])  # each consumed within its step
 
     def __repr__(self) -> str:
         return (f"MultiLayerNet(sizes={self.sizes}, activation={self.activation!r}, "
                 f"batchnorm={self.batchnorm}, dropout={self.dropout}, "
-                f"weight_decay={self.weight_decay}, dtype={self.dtype}, "
+                f"weight_decay={self.weight_decay}, output={self.output!r}, dtype={self.dtype}, "
                 f"backend={self.backend.name!r})")
 
     # -- the public pair the trainer, gradcheck and the benchmarks use
@@ -118,9 +138,10 @@ class MultiLayerNet:
     def prepare(self, x, t=None, *, names=("x", "t")):
         """``x`` (and ``t``) checked and on this network's device and dtype: float features of
         the input size (other float precisions cast, integers refused), labels as class ids in
-        range or one-hot rows (cast to the network's dtype). Returns x, or (x, t) when ``t``
-        is given. Check data once with this, then train on it with ``loss_and_grads``.
-        ``names`` are what error messages call x and t."""
+        range or one-hot rows, cast to the network's dtype (sigmoid output: 0/1, as floats of
+        the network's dtype, shape (N,)). Returns x, or (x, t) when ``t`` is given. Check data
+        once with this, then train on it with ``loss_and_grads``. ``names`` are what error
+        messages call x and t."""
         x = checks.array(names[0], _asarray(self.backend, names[0], x), dtype=self.dtype)
         n_in = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
         if n_in != self.sizes[0]:
@@ -128,8 +149,10 @@ class MultiLayerNet:
                              f"got shape {tuple(x.shape)}")
         if t is None:
             return x
-        t = checks.labels(names[1], _asarray(self.backend, names[1], t), x.shape[0],
-                          self.sizes[-1])
+        t = _asarray(self.backend, names[1], t)
+        if self.output == "sigmoid":
+            return x, checks.binary_labels(names[1], t, x.shape[0], dtype=self.dtype)
+        t = checks.labels(names[1], t, x.shape[0], self.sizes[-1])
         if t.ndim == 2 and t.dtype != self.dtype:  # bool or integer one-hot rows
             t = t.astype(self.dtype)
         return x, t
@@ -138,8 +161,8 @@ class MultiLayerNet:
         """``prepare(x, t)`` for the calls that need labels: None is refused, not read as
         "no labels"."""
         if t is None:
-            raise TypeError("t must be the labels (class ids of shape (n,) or one-hot rows), "
-                            "got None")
+            raise TypeError("t must be the labels (class ids of shape (n,), one-hot rows, or "
+                            "0/1 for a sigmoid output), got None")
         return self.prepare(x, t)
 
     def loss_and_grads(self, x, t):
@@ -152,23 +175,29 @@ class MultiLayerNet:
         for layer in reversed(self.passes):
             dout = layer.backward(dout)
         if self.weight_decay:
-            self.grads.flat[:self.n_weights] += self.dtype.type(self.weight_decay) * \
-                self.params.flat[:self.n_weights]
+            self.grads.flat[:self.n_decayed] += self.dtype.type(self.weight_decay) * \
+                self.params.flat[:self.n_decayed]
         return loss, self.grads
 
     # -- the book's interface (each call checks its input)
 
     def predict(self, x, train: bool = False):
-        """Scores (N, output_size) before the softmax."""
-        return self._predict(self.prepare(x), checks.boolean("train", train))
+        """Scores (N, output_size) before the softmax, a new array; with
+        ``output="sigmoid"`` the logit z, shape (N, 1): the probability of class 1 is σ(z),
+        and z > 0 predicts 1."""
+        train = checks.boolean("train", train)
+        return self._predict(self.prepare(x), train).copy()  # not the last layer's buffer
 
     def _predict(self, x, train):
+        if self._cpu:
+            threads.apply(2 * x.shape[0] * self._widest)  # the largest product of the pass
         for layer in self.passes:
             x = layer.forward(x, train)
         return x
 
     def loss(self, x, t, train: bool = False) -> float:
-        """Cross-entropy + ½·weight_decay·ΣW², as a Python float."""
+        """Cross-entropy (binary for a sigmoid output) + ½·weight_decay·ΣW² (Σθ² with
+        ``decay_mask="all"``), as a Python float."""
         return float(self._loss(*self._prepare_pair(x, t), checks.boolean("train", train)))
 
     def forward_loss(self, x, t, train: bool = False):
@@ -179,19 +208,23 @@ class MultiLayerNet:
     def _loss(self, x, t, train):
         loss = self.last_layer.forward(self._predict(x, train), t, check=False)
         if self.weight_decay:
-            w = self.params.flat[:self.n_weights]
+            w = self.params.flat[:self.n_decayed]
             loss = loss + 0.5 * self.weight_decay * (w @ w)
         return loss
 
     def accuracy(self, x, t, batch_size: int = 4096) -> float:
-        """Fraction of samples whose highest score is the true class (evaluated in batches)."""
+        """Fraction of samples whose highest score is the true class (sigmoid output: whose
+        σ(z) > 0.5, i.e. z > 0, matches the 0/1 label), evaluated in batches."""
         checks.positive("batch_size", batch_size, integer=True)
         x, t = self._prepare_pair(x, t)
-        if t.ndim == 2:
+        if self.output == "sigmoid":
+            t = t > 0.5
+        elif t.ndim == 2:
             t = t.argmax(axis=1)
         correct = 0
         for s in range(0, x.shape[0], batch_size):
-            y = self._predict(x[s:s + batch_size], False).argmax(axis=1)
+            scores = self._predict(x[s:s + batch_size], False)
+            y = scores[:, 0] > 0 if self.output == "sigmoid" else scores.argmax(axis=1)
             correct += (y == t[s:s + batch_size]).sum()
         return float(self.backend.xp.asarray(correct)) / x.shape[0]
 
@@ -216,7 +249,8 @@ class MultiLayerNet:
             "batchnorm": self.batchnorm, "dropout": self.dropout, "dtype": self.dtype.name,
             "bn_momentum": self.bn_momentum, "bn_eps": self.bn_eps,
             "bn_running_var_init": self.bn_running_var_init,
-            "dropout_inverted": self.dropout_inverted,
+            "dropout_inverted": self.dropout_inverted, "output": self.output,
+            "decay_mask": self.decay_mask,
         })
 
     def state_dict(self) -> dict:

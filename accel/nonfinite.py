@@ -50,7 +50,7 @@ class NonFiniteGuard:
         self.network, self.mode = network, mode
         if mode is None:
             return
-        xp = self.xp = network.backend.xp
+        xp = network.backend.xp
         self.grad_names, g_starts = _blocks(network.grads)
         self.buffer_names, b_starts = _blocks(network.buffers)
         self.g_starts = xp.asarray(np.asarray(g_starts, dtype=np.int64))
@@ -72,7 +72,7 @@ class NonFiniteGuard:
         loss, grads = net.loss_and_grads(x, t)
         if self.mode is None:
             return loss, grads, None
-        self.site(self.xp.asarray(loss), grads.flat, self.g_starts, net.buffers.flat,
+        self.site(loss.reshape(1), grads.flat, self.g_starts, net.buffers.flat,
                   self.b_starts, self.saved, self.record,
                   scalars=(iteration, self.mode == "raise"))
         return loss, grads, self.record

@@ -128,8 +128,9 @@ class CountingArray(np.ndarray):
     def __array_function__(self, func, types, args, kwargs):
         if func.__name__ in _SEQUENCE_FUNCTIONS:
             _refuse_non_device(args[0], func.__name__)
-        else:
-            _refuse_host_operands([*args, *kwargs.values()], func.__name__)
+        else:  # tuples and lists here are shapes and axes; a NumPy array is host data
+            _refuse_host_operands([a for a in (*args, *kwargs.values())
+                                   if isinstance(a, np.ndarray)], func.__name__)
         args, kwargs = _plain(args), {k: _plain(v) for k, v in kwargs.items()}
         result = func(*args, **kwargs)
         if _new(result, [*args, *kwargs.values()]):

@@ -1,14 +1,24 @@
 """Optimizers with the book's interface: ``update(params, grads)`` changes ``params`` in place.
 
 Each optimizer's math is one rule of ``accel.functional`` (the ``xp`` reference, the ground
-truth the fused kernels are tested against) taking (param, grad, *state, *scalars); an
+truth the fused kernels are tested against) taking (param, grad, *state, clip, *scalars); an
 optimizer class holds the hyperparameters and state and computes the scalars that depend only
 on the step (bias corrections) once per step on the host. When ``params`` and
 ``grads`` are a network's flat buffers (they have ``.flat``), a step is one call over the whole
 model; otherwise one call per array. ``lr`` may be changed between steps.
 
 ``weight_decay`` (every optimizer but AdamW) is the coupled L2 term g ← g + wd·p; AdamW's is
-decoupled: p ← p·(1 − lr·wd) before the Adam step.
+decoupled: p ← p·(1 − lr·wd) before the Adam step. ``decay_mask`` says which parameters
+either applies to, by the one rule the network's L2 term follows too (``accel.decay_mask``):
+"weights" (default: a network's weight matrices; every array of a plain dict, as torch),
+"all", or a collection of names.
+
+``clip_norm=c`` clips by the global L2 norm of all gradients, as
+``torch.nn.utils.clip_grad_norm_(params, c)`` before the torch optimizer's step: the step
+uses g·min(1, c/(‖g‖ + 1e-6)), weight decay added after. The norm is one fused reduction over
+the flat gradient buffer (one per array for a plain dict) that writes the factor into a small
+device array the update kernel reads: nothing is read back to the host, and ``grads`` are
+left as they are.
 
 ``update(params, grads, record=...)`` takes the non-finite guard's device record (see
 ``accel.nonfinite``): a step the guard marks bad changes nothing, decided on the device. The
@@ -26,6 +36,12 @@ import numpy as np
 from . import checks, dispatch
 from . import functional as F
 from .backend import array_module, get_backend
+from .decay_mask import check as check_decay_mask
+from .decay_mask import decayed_names, flat_block
+
+# hyperparameters added after checkpoints were written, with the behaviour those files had
+# (their optimizers decayed every parameter they were given)
+HYPERPARAMETERS_ADDED = {"decay_mask": "all", "clip_norm": None}
 
 # -- the optimizers
 
@@ -36,12 +52,15 @@ class Optimizer:
     rule = None  # the rule of accel.functional
     state_names: tuple = ()
 
-    def __init__(self, lr, weight_decay=0.0):
+    def __init__(self, lr, weight_decay=0.0, decay_mask="weights", clip_norm=None):
         self.lr = lr
         self.weight_decay = checks.non_negative("weight_decay", weight_decay)
+        self.decay_mask = check_decay_mask(decay_mask)
+        self.clip_norm = clip_norm
         self.t = 0  # steps taken
         self.state: dict = {}  # key ("flat" or a param name) → tuple of state arrays
         self._sites: dict = {}  # key → the dispatch Site of its update
+        self._clip_sites: dict = {}  # key → the Site of its gradient's share of the norm
 
     @property
     def lr(self):
@@ -50,6 +69,15 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         self._lr = float(checks.positive("lr", value))
+
+    @property
+    def clip_norm(self):
+        return self._clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, value):
+        self._clip_norm = checks.optional(checks.positive, "clip_norm", value)
+        self._clip = None  # [factor, Σg²] on the device: made afresh (factor 1) at next use
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr:g})"
@@ -88,6 +116,8 @@ class Optimizer:
                              f"this one is {type(self).__name__!r}")
         hp = state_dict["hyperparameters"]
         names = set(self.hyperparameters())
+        if isinstance(hp, dict):
+            hp = {**{k: v for k, v in HYPERPARAMETERS_ADDED.items() if k in names}, **hp}
         if not isinstance(hp, dict) or set(hp) != names:
             raise ValueError(f"state_dict hyperparameters must name exactly {sorted(names)}, "
                              f"got {hp!r}")
@@ -134,12 +164,15 @@ class Optimizer:
         """One step: params ← rule(params, grads), in place (the fused kernel or the
         reference, as ``accel.dispatch`` decides); nothing changes where the non-finite
         guard's ``record`` (a device array) marks the step bad."""
-        pairs = _pairs(params, grads)
+        pairs = _pairs(params, grads, self.decay_mask)
         self.t += 1
+        if not pairs:
+            return
         scalars = self.scalars()
+        clip = self._clip_factor(pairs)
         applied = 0
         try:
-            for key, p, g in pairs:
+            for key, p, g, decayed in pairs:
                 state = self.state.get(key)
                 if state is None:
                     xp = array_module(p)
@@ -149,12 +182,31 @@ class Optimizer:
                 if site is None:
                     site = self._sites[key] = dispatch.Site(type(self).rule, _arg_names(
                         type(self).rule, key, len(state)))
-                site(p, g, *state, scalars=scalars, record=record)
+                site(p, g, *state, clip, scalars=(*scalars, decayed), record=record)
                 applied += 1
         except BaseException:
             if not applied:  # refused before anything changed: no step taken
                 self.t -= 1
             raise
+
+    def _clip_factor(self, pairs):
+        """The clip array the rules read, on the gradients' device: factor 1 without
+        clipping; with ``clip_norm``, clip[0] written on the device by one ``clip_factor``
+        call per gradient buffer (the last call decides)."""
+        g0 = pairs[0][2]
+        clip = self._clip
+        if clip is None or type(clip) is not type(g0):
+            clip = self._clip = F.clip_array(g0)
+        if self._clip_norm is not None:
+            last = len(pairs) - 1
+            for k, (key, _, g, _) in enumerate(pairs):
+                site = self._clip_sites.get(key)
+                if site is None:
+                    where = "" if key == "flat" else f"[{key!r}]"
+                    site = self._clip_sites[key] = dispatch.Site(F.clip_factor, (
+                        f"grads{where}", "clip", "clip_norm", "eps", "last"))
+                site(g, clip, scalars=(self._clip_norm, F.CLIP_EPS, k == last))
+        return clip
 
     def skipped(self, n: int) -> None:
         """``n`` of the updates counted in ``t`` were skipped on the device (the guard's
@@ -170,9 +222,11 @@ def _arg_names(rule, key, n_state):
     return (*names, *params[len(names):])
 
 
-def _pairs(params, grads):
-    """[(key, param, grad)]: one pair of flat buffers when both have ``.flat`` and the same
-    names, else one pair per name. Names, shapes and dtypes must match."""
+def _pairs(params, grads, mask):
+    """[(key, param, grad, decayed)]: one pair of flat buffers when both have ``.flat`` and
+    the same names (and the arrays ``mask`` decays are a leading block of it), else one pair
+    per name. Names, shapes and dtypes must match. ``decayed``: how many leading elements of
+    the param weight decay applies to (``accel.decay_mask``)."""
     if not isinstance(params, dict) or not isinstance(grads, dict):
         raise TypeError(f"params and grads must be dicts of arrays, got {type(params).__name__}"
                         f" and {type(grads).__name__}")
@@ -181,7 +235,10 @@ def _pairs(params, grads):
                          f"vs {sorted(grads, key=str)}")
     pf, gf = getattr(params, "flat", None), getattr(grads, "flat", None)
     if pf is not None and gf is not None and pf.shape == gf.shape and pf.dtype == gf.dtype:
-        return [("flat", pf, gf)]
+        decayed = flat_block(params, mask)
+        if decayed is not None:
+            return [("flat", pf, gf, decayed)]
+    names = decayed_names(params, mask)
     out = []
     for k, p in params.items():
         g = grads[k]
@@ -196,7 +253,7 @@ def _pairs(params, grads):
         if not getattr(getattr(p, "flags", None), "writeable", True):
             raise ValueError(f"params[{k!r}] is read-only; it is updated in place and must be "
                              "writable")
-        out.append((k, p, g))
+        out.append((k, p, g, p.size if k in names else 0))
     return out
 
 
@@ -215,8 +272,9 @@ class Momentum(Optimizer):
     rule = F.momentum
     state_names = ("v",)
 
-    def __init__(self, lr=0.01, momentum=0.9, dampening=0.0, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.01, momentum=0.9, dampening=0.0, weight_decay=0.0,
+                 decay_mask="weights", clip_norm=None):
+        super().__init__(lr, weight_decay, decay_mask, clip_norm)
         self.momentum = checks.in_unit_interval("momentum", momentum)
         self.dampening = float(checks.in_unit_interval("dampening", dampening))
 
@@ -231,8 +289,9 @@ class Nesterov(Optimizer):
     rule = F.nesterov
     state_names = ("v",)
 
-    def __init__(self, lr=0.01, momentum=0.9, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.01, momentum=0.9, weight_decay=0.0, decay_mask="weights",
+                 clip_norm=None):
+        super().__init__(lr, weight_decay, decay_mask, clip_norm)
         self.momentum = checks.in_unit_interval("momentum", momentum)
 
     def scalars(self):
@@ -245,8 +304,9 @@ class AdaGrad(Optimizer):
     rule = F.adagrad
     state_names = ("h",)
 
-    def __init__(self, lr=0.01, eps=1e-7, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.01, eps=1e-7, weight_decay=0.0, decay_mask="weights",
+                 clip_norm=None):
+        super().__init__(lr, weight_decay, decay_mask, clip_norm)
         self.eps = checks.positive("eps", eps)
 
     def scalars(self):
@@ -259,13 +319,32 @@ class RMSProp(Optimizer):
     rule = F.rmsprop
     state_names = ("h",)
 
-    def __init__(self, lr=0.01, decay_rate=0.99, eps=1e-7, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.01, decay_rate=0.99, eps=1e-7, weight_decay=0.0,
+                 decay_mask="weights", clip_norm=None):
+        super().__init__(lr, weight_decay, decay_mask, clip_norm)
         self.decay_rate = checks.in_unit_interval("decay_rate", decay_rate)
         self.eps = checks.positive("eps", eps)
 
     def scalars(self):
         return (self.lr, self.decay_rate, self.eps, self.weight_decay)
+
+
+class AdaDelta(Optimizer):
+    """AdaDelta (Zeiler 2012), as torch.optim.Adadelta: h ← ρh + (1 − ρ)g²;
+    Δ = √(u + ε)/√(h + ε)·g; u ← ρu + (1 − ρ)Δ²; W ← W − lr·Δ (torch's lr 1.0, ρ 0.9,
+    ε 1e-6; DeZero's AdaDelta is lr 1 with ρ 0.95)."""
+
+    rule = F.adadelta
+    state_names = ("h", "u")
+
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, decay_mask="weights",
+                 clip_norm=None):
+        super().__init__(lr, weight_decay, decay_mask, clip_norm)
+        self.rho = checks.in_unit_interval("rho", rho)
+        self.eps = checks.positive("eps", eps)
+
+    def scalars(self):
+        return (self.lr, self.rho, self.eps, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -280,8 +359,8 @@ class Adam(Optimizer):
     state_names = ("m", "v")
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 folded=False):
-        super().__init__(lr, weight_decay)
+                 folded=False, decay_mask="weights", clip_norm=None):
+        super().__init__(lr, weight_decay, decay_mask, clip_norm)
         self.beta1 = checks.in_unit_interval("beta1", beta1)
         self.beta2 = checks.in_unit_interval("beta2", beta2)
         self.eps = checks.positive("eps", eps)
@@ -298,21 +377,22 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter; torch.optim.AdamW):
-    W ← W·(1 − lr·weight_decay), then the Adam step. Decays every array it is given."""
+    W ← W·(1 − lr·weight_decay), then the Adam step, on the parameters ``decay_mask`` names
+    (a network's weight matrices by default; every array of a plain dict, as torch's)."""
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
-                 folded=False):
-        super().__init__(lr, beta1, beta2, eps, weight_decay, folded)
+                 folded=False, decay_mask="weights", clip_norm=None):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, folded, decay_mask, clip_norm)
 
     def _decay(self):
         return 0.0, 1.0 - self.lr * self.weight_decay
 
 
 OPTIMIZERS = {cls.__name__.lower(): cls for cls in
-              (SGD, Momentum, Nesterov, AdaGrad, RMSProp, Adam, AdamW)}
+              (SGD, Momentum, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam, AdamW)}
 
 
 def get_optimizer(name: str, **kwargs) -> Optimizer:
-    """An optimizer by name ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam",
-    "adamw"), e.g. ``get_optimizer("adam", lr=1e-3)``."""
+    """An optimizer by name ("sgd", "momentum", "nesterov", "adagrad", "rmsprop",
+    "adadelta", "adam", "adamw"), e.g. ``get_optimizer("adam", lr=1e-3)``."""
     return OPTIMIZERS[checks.one_of("optimizer", name, OPTIMIZERS)](**kwargs)

@@ -1,5 +1,5 @@
 """Preprocessing on NumPy or CuPy arrays: standardization, PCA/ZCA whitening, one-hot labels,
-shuffling and a train/validation split.
+shuffling, a train/validation split and the course's mini-batch partition.
 
 Statistics are fitted on the training set only and reused, unchanged, on validation and test
 data (fitting them on the test set leaks it into the model). Every function works on the
@@ -13,7 +13,8 @@ import numpy as np
 from . import checks
 from .backend import array_module
 
-__all__ = ["Standardizer", "PCAWhitening", "one_hot", "shuffle", "train_val_split"]
+__all__ = ["Standardizer", "PCAWhitening", "one_hot", "shuffle", "train_val_split",
+           "minibatches", "minibatch_partition", "batch_bounds"]
 
 
 def _as_float(name: str, x, *, min_rows: int = 1):
@@ -210,3 +211,52 @@ def train_val_split(x, t, val_fraction: float = 0.2, seed=None, shuffle: bool = 
     idx = _permutation(n, seed, xp) if checks.boolean("shuffle", shuffle) else xp.arange(n)
     tr, va = idx[: n - n_val], idx[n - n_val:]
     return (x[tr], t[tr]), (x[va], t[va])
+
+
+def batch_bounds(n: int, batch_size: int, min_last: int = 1) -> list:
+    """``[(start, stop), ...]`` cutting ``n`` samples into batches of ``batch_size`` and one
+    partial last batch; a last batch of fewer than ``min_last`` samples is merged into the
+    batch before it (so that batch has up to batch_size + min_last − 1 samples).
+
+    ``min_last=2`` is what a BatchNorm network needs (the variance of one sample is 0): with
+    5 samples and batch_size 2 the batches are 2 and 3 samples, not 2, 2 and 1."""
+    checks.integer("n", n, low=1)
+    checks.integer("batch_size", batch_size, low=1)
+    checks.integer("min_last", min_last, low=1)
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < min_last:
+        starts.pop()  # the short tail joins the batch before it
+    return [(a, starts[i + 1] if i + 1 < len(starts) else n) for i, a in enumerate(starts)]
+
+
+def minibatch_partition(n: int, batch_size: int, seed=None, *, min_last: int = 1):
+    """``(order, bounds)``: one random permutation of range(n) (a NumPy array, drawn from the
+    NumPy generator ``seed``: None, an int, or a Generator, which advances) and the batches
+    it is cut into (``batch_bounds``): batch k is ``order[start:stop]`` of ``bounds[k]``.
+
+    The one implementation of shuffle-then-partition: ``minibatches`` and ``accel.Trainer``
+    (which draws each epoch's order from its own generator) both use it."""
+    bounds = batch_bounds(n, batch_size, min_last)  # checks n and batch_size first
+    order = checks.host_rng("seed", seed).permutation(n)
+    return order, bounds
+
+
+def minibatches(x, t, batch_size: int, seed=None, *, min_last: int = 1) -> list:
+    """The course's ``random_mini_batches``: shuffle the samples of ``x`` and ``t`` by one
+    permutation (NumPy generator ``seed``), then cut them into ⌊n/batch_size⌋ full batches
+    and one partial last batch of the remaining n mod batch_size samples.
+
+    Returns ``[(x_batch, t_batch), ...]`` (copies, on the arrays' backend; ``t=None`` gives
+    ``[x_batch, ...]``). A last batch of fewer than ``min_last`` samples is merged into the
+    one before it: pass ``min_last=2`` for a BatchNorm network, as ``accel.Trainer`` does
+    (a batch of one sample has no variance). ``Trainer(..., seed=s)``'s first epoch trains
+    on exactly ``minibatches(x, t, batch_size, seed=s, min_last=...)``."""
+    x, t = _pair(x, t)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
+    order, bounds = minibatch_partition(x.shape[0], batch_size, seed, min_last=min_last)
+    xp = array_module(x)
+    order = order if xp is np else xp.asarray(order)
+    if t is None:
+        return [x[order[a:b]] for a, b in bounds]
+    return [(x[order[a:b]], t[order[a:b]]) for a, b in bounds]

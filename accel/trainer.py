@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +21,39 @@ from .history import History
 from .interrupt import StepBoundary, TrainingInterrupted
 from .nonfinite import MODES as NONFINITE_MODES
 from .nonfinite import NonFiniteError, NonFiniteGuard
+from .preprocessing import batch_bounds, minibatch_partition
 
 __all__ = ["Trainer", "History", "NonFiniteError", "TrainingInterrupted"]
 
 CHECKPOINT_NAME = "last.npz"
 RECORD_LOSS = ("before_update", "after_update")
+SCHEDULE_UNITS = ("epoch", "iteration")
 
 
 class Trainer:
     """Train ``network`` with ``optimizer`` on (x_train, t_train).
 
     Each epoch visits the training set once in a fresh random order (seeded by ``seed``, so
-    two trainers with the same seed see the same mini-batches), including the last partial
-    batch; ``max_iterations`` stops early. ``schedule(epoch)`` sets ``optimizer.lr`` at the
-    start of each epoch. Every ``evaluate_every`` epochs (and after the last) the accuracies
-    are measured on ``evaluate_sample`` samples of each set (all when None): training data,
+    two trainers with the same seed see the same mini-batches), cut by
+    ``accel.preprocessing.minibatch_partition``: full batches and the last partial batch
+    (for a BatchNorm network a last batch of one sample is merged into the one before it:
+    ``iterations_per_epoch()`` counts the steps); ``max_iterations`` stops early.
+
+    ``schedule`` (a callable t → lr, e.g. ``accel.schedules``) sets ``optimizer.lr``:
+    with ``schedule_unit="epoch"`` (default) to ``schedule(e)`` at the start of epoch e
+    (from 0: the first epoch runs at schedule(0); the course's loop sets decay(α0, e) after
+    epoch e, one epoch later); with ``"iteration"`` to ``schedule(i)`` before step i, i
+    counted from 0 over the whole run (a resume continues the count).
+
+    Every ``evaluate_every`` epochs (and after the last) the accuracies are measured on
+    ``evaluate_sample`` samples of each set (all when None): training data,
     ``validation_data=(x_val, t_val)`` into ``History.val_acc``, and (x_test, t_test) into
-    ``History.test_acc``; then ``on_evaluate(trainer)`` is called, if given (an exception it
-    raises, e.g. a search's "prune this trial", ends ``fit``). Progress is a tqdm bar on a
-    terminal or in a notebook and one line per evaluation otherwise; ``verbose=False``
-    prints nothing.
+    ``History.test_acc``; then each ``on_evaluate`` hook (a callable or a list of them, in
+    order) is called with the trainer. A hook ends the run normally by
+    ``trainer.request_stop(reason)`` (``accel.EarlyStopping`` does), or at once by raising
+    (a search's "prune this trial"); hooks with a ``state_dict`` are saved in checkpoints.
+    Progress is a tqdm bar on a terminal or in a notebook and one line per evaluation
+    otherwise; ``verbose=False`` prints nothing.
 
     Reliability:
 
@@ -77,7 +91,7 @@ class Trainer:
                  evaluate_every=1, max_iterations=None, seed=None, verbose=True,
                  validation_data=None, on_evaluate=None, record_loss="before_update",
                  checkpoint_dir=None, checkpoint_every=None, resume=None,
-                 on_nonfinite="raise"):
+                 on_nonfinite="raise", schedule_unit="epoch"):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
         if isinstance(network, type) or not all(callable(getattr(network, m, None)) for m in (
                 "prepare", "loss_and_grads", "accuracy")):
@@ -86,10 +100,10 @@ class Trainer:
         if isinstance(optimizer, type) or not callable(getattr(optimizer, "update", None)):
             raise TypeError(f"optimizer must have an update(params, grads) method (an "
                             f"instance such as optim.Adam(lr=1e-3)), got {optimizer!r}")
-        for name, fn in (("schedule", schedule), ("on_evaluate", on_evaluate)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable, got {fn!r}")
-        self.on_evaluate = on_evaluate
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"schedule must be callable, got {schedule!r}")
+        self.schedule_unit = checks.one_of("schedule_unit", schedule_unit, SCHEDULE_UNITS)
+        self.on_evaluate = _hooks(on_evaluate)
         self.record_loss = checks.one_of("record_loss", record_loss, RECORD_LOSS)
         on_nonfinite = checks.one_of("on_nonfinite", on_nonfinite, NONFINITE_MODES)
         if checkpoint_every is not None:
@@ -133,6 +147,10 @@ class Trainer:
                 f"a BatchNorm network needs batches of at least 2 samples (the variance of one "
                 f"is 0), got batch_size={self.batch_size} and {self.n_train} training "
                 "sample(s): training would run no step")
+        # The epoch's batches (accel.preprocessing.batch_bounds): for BatchNorm a last batch of
+        # one sample (no variance) joins the batch before it, so every sample is still seen.
+        self.min_last = 2 if network.batchnorm else 1
+        self.batches = batch_bounds(self.n_train, self.batch_size, self.min_last)
         self.guard = NonFiniteGuard(network, on_nonfinite,
                                     capacity=self.iterations_per_epoch() + 1)
         self._positions = {}  # iteration → (epoch, offset) where it started, since the last sync
@@ -182,7 +200,9 @@ class Trainer:
         return None if self.checkpoint_dir is None else self.checkpoint_dir / CHECKPOINT_NAME
 
     def iterations_per_epoch(self) -> int:
-        return -(-self.n_train // self.batch_size)
+        """Steps per epoch: ⌈n_train/batch_size⌉, one fewer for a BatchNorm network whose
+        last batch would hold one sample (it is merged into the batch before it)."""
+        return len(self.batches)
 
     # -- one evaluation, one step
 
@@ -195,8 +215,31 @@ class Trainer:
             if data is not None:
                 acc.append(self.network.accuracy(data[0][:n], data[1][:n]))
         h.lr.append(self.optimizer.lr)
-        if self.on_evaluate is not None:
-            self.on_evaluate(self)
+        for hook in self.on_evaluate:
+            hook(self)
+
+    def request_stop(self, reason: str) -> None:
+        """End ``fit()`` normally after the current evaluation (for an ``on_evaluate`` hook,
+        e.g. ``EarlyStopping``): ``History.stop_reason`` = ``reason`` and
+        ``History.stopped_epoch`` = the epoch of that evaluation. A stopped run stays
+        stopped: a second ``fit()`` or a resume from its checkpoint trains no further."""
+        if not isinstance(reason, str) or not reason:
+            raise TypeError(f"reason must be a non-empty str, got {reason!r}")
+        self.history.stop_reason = reason
+        self.history.stopped_epoch = self.history.epoch[-1] if self.history.epoch else 0
+
+    @property
+    def stopped(self) -> bool:
+        """True once a hook has called ``request_stop``."""
+        return self.history.stop_reason is not None
+
+    def _apply_schedule(self, t) -> None:
+        """optimizer.lr = schedule(t), t the epoch or iteration (from 0)."""
+        try:
+            self.optimizer.lr = self.schedule(t)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"schedule {self.schedule!r} at {self.schedule_unit} {t}: "
+                            f"{exc}") from exc
 
     def step(self, x, t):
         """One mini-batch: gradient, non-finite check, optimizer update. Returns the loss
@@ -248,14 +291,19 @@ class Trainer:
             self.guard.begin()
             if not resumed and not self.history.epoch:
                 if self.schedule is not None:
-                    self.optimizer.lr = self.schedule(0)
+                    self._apply_schedule(0)
                 self.evaluate(0)
             if self._provisional and self.epoch < self.epochs and \
-                    not self._at_max_iterations():
+                    not self._at_max_iterations() and not self.stopped:
                 self._drop_last_evaluation()  # the run goes on: that stop is not one
             try:
-                while self.epoch < self.epochs and not self._at_max_iterations():
+                was_stopped = self.stopped
+                while self.epoch < self.epochs and not self._at_max_iterations() and \
+                        not self.stopped:
                     self._run_epoch(stop)
+                if self.stopped and not was_stopped:
+                    self._say(f"stopped at epoch {self.history.stopped_epoch:g}: "
+                              f"{self.history.stop_reason}")
             except KeyboardInterrupt as exc:
                 if not isinstance(exc, TrainingInterrupted):
                     last = f"; the last checkpoint is {self.last_checkpoint}" if (
@@ -268,26 +316,30 @@ class Trainer:
         """The rest of the current epoch (all of it, unless it is being continued)."""
         h, epoch = self.history, self.epoch
         self._clock = time.perf_counter()
-        if self.offset == 0 and self.schedule is not None:
-            self.optimizer.lr = self.schedule(epoch)
+        per_step = self.schedule is not None and self.schedule_unit == "iteration"
+        if self.offset == 0 and self.schedule is not None and not per_step:
+            self._apply_schedule(epoch)
         order = self._epoch_order()
         bar = self._bar(epoch)
         losses = []
         try:
-            for s in range(self.offset, self.n_train, self.batch_size):
-                idx = order[s:s + self.batch_size]
-                if idx.shape[0] > 1 or not self.network.batchnorm:  # BN: one sample, no var
-                    x, t = self.x_train[idx], self.t_train[idx]
-                    self._positions[h.iterations + 1] = (epoch, s)
-                    losses.append(self.step(x, t))
-                    if self.record_loss == "after_update":  # the book's trainer
-                        losses[-1] = self.network.forward_loss(x, t)
-                    if bar is not None:
-                        bar.update(1)
-                        if h.iterations % 20 == 0:  # a refresh reads the device: sync here
-                            self.sync_guard()
-                            bar.set_postfix(loss=f"{float(losses[-1]):.4g}", refresh=False)
-                self.offset = (s + idx.shape[0]) % self.n_train
+            for start, end in self.batches:
+                if start < self.offset:  # continuing an epoch: these batches are done
+                    continue
+                idx = order[start:end]
+                x, t = self.x_train[idx], self.t_train[idx]
+                self._positions[h.iterations + 1] = (epoch, start)
+                if per_step:  # schedule(iteration), the iteration counted from 0 over the run
+                    self._apply_schedule(h.iterations)
+                losses.append(self.step(x, t))
+                if self.record_loss == "after_update":  # the book's trainer
+                    losses[-1] = self.network.forward_loss(x, t)
+                if bar is not None:
+                    bar.update(1)
+                    if h.iterations % 20 == 0:  # a refresh reads the device: sync here
+                        self.sync_guard()
+                        bar.set_postfix(loss=f"{float(losses[-1]):.4g}", refresh=False)
+                self.offset = end % self.n_train
                 if stop.hit or self._at_max_iterations():
                     break
             self.sync_guard()
@@ -309,6 +361,7 @@ class Trainer:
         if last or on_grid:
             self._provisional = not on_grid
             self.evaluate(round(epoch + (self.offset / self.n_train or 1.0), 4))
+            last = last or self.stopped  # an on_evaluate hook ended the run here
             self._tick()
             self._report(bar, epoch)
         elif bar is not None:
@@ -347,7 +400,9 @@ class Trainer:
             self._epoch_rng_state = self.rng.bit_generator.state
         else:
             self.rng.bit_generator.state = self._epoch_rng_state
-        return self.network.backend.xp.asarray(self.rng.permutation(self.n_train))
+        order, _ = minibatch_partition(self.n_train, self.batch_size, self.rng,
+                                       min_last=self.min_last)
+        return self.network.backend.xp.asarray(order)  # one transfer per epoch
 
     def _interrupted(self, bar):
         if bar is not None:
@@ -355,15 +410,17 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, iteration {self.history.iterations}"
         if self.checkpoint_dir is None:
             path = None
-            msg = (f"interrupted at {where}; no checkpoint written (pass checkpoint_dir= to "
-                   "keep one)")
+            msg = f"interrupted at {where}; no checkpoint written"
+            hint = " (pass checkpoint_dir= to keep one)"
         else:
             path = self.last_checkpoint if self.offset == 0 and self.last_checkpoint else \
                 self.save_checkpoint()
-            msg = (f"interrupted at {where}; checkpoint written to {path} (continue with "
-                   f"Trainer(..., resume={str(path)!r}))")
+            msg = f"interrupted at {where}; checkpoint written to {path}"
+            hint = f" (continue with Trainer(..., resume={str(path)!r}))"
+        # the facts on stderr; the advice about the Python API goes with the exception, which
+        # a command-line script catches and words for its own flags
         self._say(msg, always=True)
-        raise TrainingInterrupted(msg, checkpoint=path, history=self.history)
+        raise TrainingInterrupted(msg + hint, checkpoint=path, history=self.history)
 
     # -- progress
 
@@ -376,12 +433,13 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=self.iterations_per_epoch(), initial=-(-self.offset //
-                    self.batch_size), desc=f"epoch {epoch + 1}/{self.epochs}", leave=True,
+        done = sum(start < self.offset for start, _ in self.batches)
+        return tqdm(total=self.iterations_per_epoch(), initial=done,
+                    desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
                     file=sys.stderr, dynamic_ncols=True)
 
     def _report(self, bar, epoch) -> None:
-        """The evaluation's numbers: as the bar's last state, or one plain line."""
+        """The evaluation's numbers as one line (in place of the epoch's bar, if any)."""
         h = self.history
         info = {"loss": h.train_loss[-1] if h.train_loss else float("nan"),
                 "train_acc": h.train_acc[-1]}
@@ -391,12 +449,12 @@ class Trainer:
             info["test_acc"] = h.test_acc[-1]
         info["lr"] = self.optimizer.lr
         text = "  ".join(f"{k} {v:.4g}" for k, v in info.items())
-        if bar is not None:
-            bar.set_postfix_str(text, refresh=False)
-            bar.close()
+        line = f"epoch {epoch + 1}/{self.epochs}  {text}  ({h.elapsed_s:.1f}s)"
+        if bar is not None:  # the bar gives way to the line (as its postfix it was cut off
+            bar.close()      # at the terminal's width)
+            bar.write(line, file=sys.stderr)
         elif self.verbose:
-            print(f"epoch {epoch + 1}/{self.epochs}  {text}  ({h.elapsed_s:.1f}s)",
-                  file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     def _say(self, msg, always=False) -> None:
         """A status line on stderr (Ctrl-C's always: the user asked for it)."""
@@ -419,7 +477,10 @@ class Trainer:
             "trainer": {"epoch": self.epoch, "offset": self.offset, "rng": rng,
                         "n_train": self.n_train, "data_crc32": self.data_fingerprint(),
                         "batch_size": self.batch_size, "epochs": self.epochs,
-                        "history": hist, "provisional_evaluation": self._provisional},
+                        "history": hist, "provisional_evaluation": self._provisional,
+                        "hooks": {
+                            str(i): {"type": type(hook).__name__, "state": hook.state_dict()}
+                            for i, hook in self._stateful_hooks()}},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -446,17 +507,34 @@ class Trainer:
                              f"{type(self.optimizer).__name__}")
         history = History.from_dict(tr["history"])
         epoch, offset, rng = tr["epoch"], tr["offset"], tr["rng"]
-        if not (isinstance(epoch, int) and isinstance(offset, int)
-                and 0 <= offset < self.n_train and epoch >= 0):
+        if not (isinstance(epoch, int) and isinstance(offset, int) and epoch >= 0
+                and offset in {start for start, _ in self.batches}):
             raise ValueError(f"bad position epoch={epoch!r}, offset={offset!r}")
         if rng["bit_generator"] != type(self.rng.bit_generator).__name__:
             raise ValueError(f"shuffling generator {rng['bit_generator']!r}")
+        hooks = tr.get("hooks", {})  # on_evaluate hooks with a state (EarlyStopping)
+        for i, hook in self._stateful_hooks():
+            saved = hooks.get(str(i))
+            if saved is not None and saved.get("type") != type(hook).__name__:
+                raise ValueError(f"on_evaluate[{i}] is a {type(hook).__name__}, the checkpoint "
+                                 f"holds the state of a {saved.get('type')}")
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(opt, backend=self.network.backend)
         self.rng.bit_generator.state = rng
         self._epoch_rng_state = rng
         self.history, self.epoch, self.offset = history, epoch, offset
         self._provisional = tr.get("provisional_evaluation", False) is True
+        for i, hook in self._stateful_hooks():
+            if str(i) in hooks:
+                hook.load_state_dict(hooks[str(i)]["state"])
+            else:
+                warnings.warn(f"the checkpoint holds no state for on_evaluate[{i}] "
+                              f"({type(hook).__name__}): it starts afresh", stacklevel=3)
+
+    def _stateful_hooks(self):
+        """(index, hook) of the on_evaluate hooks with a state_dict (kept in checkpoints)."""
+        return [(i, h) for i, h in enumerate(self.on_evaluate)
+                if callable(getattr(h, "state_dict", None))]
 
     def data_fingerprint(self) -> int:
         """CRC-32 of the training data (x and t), computed once."""
@@ -508,6 +586,21 @@ def _file_id(path):
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _hooks(on_evaluate) -> tuple:
+    """``on_evaluate`` as a tuple of callables: None, one callable, or a list of them."""
+    if on_evaluate is None:
+        return ()
+    if not isinstance(on_evaluate, (list, tuple)):
+        if not callable(on_evaluate):
+            raise TypeError(f"on_evaluate must be callable or a list of callables, got "
+                            f"{on_evaluate!r}")
+        return (on_evaluate,)
+    for i, hook in enumerate(on_evaluate):
+        if not callable(hook):
+            raise TypeError(f"on_evaluate[{i}] must be callable, got {hook!r}")
+    return tuple(on_evaluate)
 
 
 def _interactive() -> bool:

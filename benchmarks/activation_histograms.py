@@ -50,9 +50,9 @@ def saturated(name, a):
 
 
 def main(argv=None):
-    p = common.parser("activation_histograms", __doc__.splitlines()[0], datasets_allowed=None)
-    p.add_argument("--samples", type=int, default=None, help="(1000)")
-    p.add_argument("--units", type=int, default=None, help="units per layer (100)")
+    p = common.parser("activation_histograms", __doc__, datasets_allowed=None)
+    common.option(p, "--samples", DEFAULTS, QUICK, "input samples (standard normal)")
+    common.option(p, "--units", DEFAULTS, QUICK, "units per hidden layer")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["samples", "units"])
@@ -119,4 +119,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -25,9 +25,11 @@ QUICK = {"train_samples": 300, "epochs": 3, "scales": 4, "test_samples": 1000}
 
 
 def main(argv=None):
-    p = common.parser("batchnorm_compare", __doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=None, help="(20)")
-    p.add_argument("--scales", type=int, default=None, help="number of weight stds (16)")
+    p = common.parser("batchnorm_compare", __doc__)
+    common.option(p, "--epochs", DEFAULTS, QUICK, "epochs per run")
+    common.option(p, "--scales", DEFAULTS, QUICK,
+                  "weight stds, log-spaced from 1 to 1e-4 (each trained with and without "
+                  "BatchNorm)")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["epochs", "scales"])
@@ -43,16 +45,25 @@ def main(argv=None):
         for bn in (True, False):
             net = common.make_net(run, x.shape[1], k, cfg["hidden"], seed=args.seed,
                                   weight_init=w, batchnorm=bn, bn_eps=cfg["bn_eps"])
-            h = common.train(net, optim.SGD(cfg["lr"]), ((x, t), None), epochs=cfg["epochs"],
-                             batch_size=cfg["batch_size"], seed=args.seed)
-            test_acc = net.accuracy(xt, tt)
             label = f"std={w:.3g} / {'BatchNorm' if bn else 'no BatchNorm'}"
+            # Without BatchNorm the largest scales start with huge logits (loss 1.5e5 at std
+            # 1), the first SGD steps are as huge, and within a few steps the activations pass
+            # float32's range: the loss turns NaN and the net stays at chance, as in the
+            # book's figure. Counted and marked below instead of NumPy's bare warning.
+            with np.errstate(over="ignore", invalid="ignore"):
+                h = common.train(net, optim.SGD(cfg["lr"]), ((x, t), None),
+                                 epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                                 seed=args.seed, label=label)
+                test_acc = net.accuracy(xt, tt)
+            overflowed = not np.isfinite(h.train_loss).all()
             results[label] = {"weight_std": w, "batchnorm": bn, "epoch": h.epoch,
                               "train_acc": h.train_acc,
                               "train_loss": common.rounded(h.train_loss),
                               "final": {"train_acc": h.train_acc[-1], "test_acc": test_acc,
-                                        "best_train_acc": max(h.train_acc)}}
-            steps.done(label, train_acc=h.train_acc[-1], test_acc=test_acc)
+                                        "best_train_acc": max(h.train_acc),
+                                        "overflowed": overflowed}}
+            steps.done(label, train_acc=h.train_acc[-1], test_acc=test_acc,
+                       **({"note": "float32 overflow (loss NaN/inf)"} if overflowed else {}))
 
     plt = common.pyplot()
     n = len(scales)
@@ -67,7 +78,8 @@ def main(argv=None):
         ax.plot(rb["epoch"], rb["train_acc"], color="tab:blue", lw=1.8, label="BatchNorm")
         ax.plot(rn["epoch"], rn["train_acc"], color="tab:orange", lw=1.5, ls="--",
                 label="no BatchNorm")
-        ax.set_title(f"W std = {w:.3g}", fontsize=10)
+        ax.set_title(f"W std = {w:.3g}" + (" (no BN: float32 overflow)"
+                                           if rn["final"]["overflowed"] else ""), fontsize=10)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         if i % cols == 0:
@@ -86,13 +98,16 @@ def main(argv=None):
     bn_acc = [results[f"std={w:.3g} / BatchNorm"]["final"]["train_acc"] for w in scales]
     no_acc = [results[f"std={w:.3g} / no BatchNorm"]["final"]["train_acc"] for w in scales]
     wins = sum(b >= a for b, a in zip(bn_acc, no_acc))
+    over = [f"{w:.3g}" for w in scales
+            if results[f"std={w:.3g} / no BatchNorm"]["final"]["overflowed"]]
     summary = {"mean final train acc, BatchNorm": round(float(np.mean(bn_acc)), 4),
                "mean final train acc, no BatchNorm": round(float(np.mean(no_acc)), 4),
                "scales where BatchNorm >= no BatchNorm": f"{wins}/{n}",
                "scales learning (train acc > 0.5), BatchNorm / none":
-               f"{sum(a > 0.5 for a in bn_acc)}/{n} / {sum(a > 0.5 for a in no_acc)}/{n}"}
+               f"{sum(a > 0.5 for a in bn_acc)}/{n} / {sum(a > 0.5 for a in no_acc)}/{n}",
+               "no-BatchNorm runs that overflowed float32 (std)": ", ".join(over) or "none"}
     return common.finish(run, cfg, results, fig, summary)
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -5,6 +5,8 @@ Rows (numpy backend, float32 unless said):
   (through accel.dispatch), a "roofline" kernel that moves the same bytes (read p, g, m, v;
   write p, m, v) with trivial math, the fraction of the roofline reached, achieved GB/s, and
   torch.optim.Adam(fused=True);
+- gradient-norm clipping's factor over the same sizes (``clip_norm``: one reduction over g,
+  4 bytes an element): reference, fused, torch.nn.utils.clip_grad_norm_ (which also scales g);
 - BatchNorm training forward + backward over (N, D): reference, fused, a roofline kernel moving
   the compulsory bytes (read x, write out; read x, dy, write dx), the two-pass floor (the bytes
   the fused kernels move: x, and x and dy, read once more for the column sums), torch's CPU
@@ -42,8 +44,9 @@ import numpy as np
 ADAM_SIZES = [10**4, 10**5, 10**6, 10**7]
 BN_SHAPES = [(128, 128), (256, 512), (1024, 1024), (1024, 4096)]
 MLP = dict(input_size=784, hidden=[100] * 4, output_size=10, batch=128)
-# beta1, beta2, eps, lr, t, folded, wd, shrink
-ADAM_SCALARS = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0)
+# beta1, beta2, eps, lr, t, folded, wd, shrink, decayed
+ADAM_SCALARS = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0, 0)
+CLIP_SCALARS = (1.0, 1e-6, True)  # max_norm, eps, last
 
 
 def median_time(fn, repeat, warmup=2, min_time=0.0):
@@ -135,8 +138,10 @@ def bench_adam(sizes, quick, torch_rows):
         p = rng.standard_normal(n, dtype=np.float32)
         g = rng.standard_normal(n, dtype=np.float32) * 1e-3
         m, v = np.zeros_like(p), np.zeros_like(p)
+        clip = functional.clip_array(p)
         reps = _reps(n, quick)
-        ref = median_time(lambda: functional.adam(p, g, m, v, *ADAM_SCALARS), max(3, reps // 3))
+        ref = median_time(lambda: functional.adam(p, g, m, v, clip, *ADAM_SCALARS),
+                          max(3, reps // 3))
         fused = median_time(lambda: dispatch.optimizer_step(functional.adam, p, g, (m, v),
                                                              ADAM_SCALARS), reps, min_time=0.2)
         path = dispatch.last_path("adam")
@@ -147,6 +152,14 @@ def bench_adam(sizes, quick, torch_rows):
                    fused_GBps=nbytes / fused / 1e9, roofline_GBps=nbytes / roof / 1e9,
                    speedup_vs_reference=ref / fused)
         rows.append(_with_torch(row, torch_rows.get(f"adam/{n}"), "torch_fused_s"))
+        site = dispatch.Site(functional.clip_factor)  # as an optimizer with clip_norm calls it
+        ref = median_time(lambda: functional.clip_factor(g, clip, *CLIP_SCALARS), reps)
+        fused = median_time(lambda: site(g, clip, scalars=CLIP_SCALARS), reps, min_time=0.2)
+        clip[...] = (1.0, 0.0)
+        row = dict(op="clip_norm", n=n, dtype="float32", path=dispatch.last_path("clip_factor"),
+                   reference_s=ref, fused_s=fused, fused_GBps=4 * n / fused / 1e9,
+                   speedup_vs_reference=ref / fused)
+        rows.append(_with_torch(row, torch_rows.get(f"clip/{n}"), "torch_s"))
     return rows
 
 
@@ -160,10 +173,17 @@ def _with_torch(row, torch_s, key):
 
 def bn_case(xp, n, d, rng):
     """A batch-norm training step at (n, d) float32 on ``xp`` arrays: ``case.fwd_bwd(mod)``
-    runs the forward and the backward through ``mod`` (accel.dispatch or accel.functional);
-    the arrays are its attributes (x, dy, gamma, beta, rm, rv, dgamma, dbeta)."""
+    runs the forward and the backward through ``mod``: accel.dispatch (the fused kernels,
+    through sites that refill their outputs, as a network's BatchNorm layer does) or
+    accel.functional (the reference); the arrays are its attributes (x, dy, gamma, beta, rm,
+    rv, dgamma, dbeta)."""
     import types
 
+    from accel import dispatch, functional
+
+    train, back = dispatch.Site(functional.batchnorm_forward_train), dispatch.Site(
+        functional.batchnorm_backward)
+    train.reuse = back.reuse = True
     c = types.SimpleNamespace(
         x=xp.asarray(rng.standard_normal((n, d), dtype=np.float32)),
         dy=xp.asarray(rng.standard_normal((n, d), dtype=np.float32)),
@@ -172,6 +192,9 @@ def bn_case(xp, n, d, rng):
         dgamma=xp.empty(d, np.float32), dbeta=xp.empty(d, np.float32))
 
     def fwd_bwd(mod):
+        if mod is dispatch:
+            out, mean, invstd = train(c.x, c.gamma, c.beta, c.rm, c.rv, scalars=(0.9, 1e-5))
+            return out, back(c.dy, c.x, c.gamma, mean, invstd, c.dgamma, c.dbeta)
         out, mean, invstd = mod.batchnorm_forward_train(c.x, c.gamma, c.beta, c.rm, c.rv, 0.9,
                                                         1e-5)
         return out, mod.batchnorm_backward(c.dy, c.x, c.gamma, mean, invstd, c.dgamma,
@@ -313,7 +336,7 @@ from accel import dispatch, functional
 t_import = time.perf_counter() - t0
 p = np.ones(1000, np.float32); g = p.copy(); m = np.zeros_like(p); v = np.zeros_like(p)
 t0 = time.perf_counter()
-dispatch.optimizer_step(functional.adam, p, g, (m, v), (0.9, 0.999, 1e-8, 1e-3, 1, 0, 0.0, 1.0))
+dispatch.optimizer_step(functional.adam, p, g, (m, v), (0.9, 0.999, 1e-8, 1e-3, 1, 0, 0.0, 1.0, 0))
 t_adam = time.perf_counter() - t0
 x = np.ones((8, 4), np.float32); ga = np.ones(4, np.float32); be = np.zeros(4, np.float32)
 t0 = time.perf_counter()
@@ -351,6 +374,8 @@ def torch_worker(spec):
         p.grad = torch.randn(n) * 1e-3
         opt = torch.optim.Adam([p], lr=1e-3, fused=True)
         res[f"adam/{n}"] = median_time(opt.step, _reps(n, spec["quick"]), min_time=0.2)
+        res[f"clip/{n}"] = median_time(lambda: torch.nn.utils.clip_grad_norm_([p], 1e9),
+                                       _reps(n, spec["quick"]), min_time=0.2)
     for n, d in spec["bn_shapes"]:
         x, dy = torch.randn(n, d), torch.randn(n, d)
         g, b = torch.ones(d), torch.zeros(d)
@@ -463,7 +488,8 @@ def bench_gpu(quick):
         m, v = cupy.zeros_like(p), cupy.zeros_like(p)
         fused = benchmark(dispatch.optimizer_step, (functional.adam, p, g, (m, v), ADAM_SCALARS),
                           n_repeat=20).gpu_times.mean()
-        ref = benchmark(functional.adam, (p, g, m, v, *ADAM_SCALARS), n_repeat=10).gpu_times.mean()
+        ref = benchmark(functional.adam, (p, g, m, v, functional.clip_array(p), *ADAM_SCALARS),
+                        n_repeat=10).gpu_times.mean()
         dst = cupy.empty_like(p)
         copy = benchmark(lambda: dst.__setitem__(Ellipsis, p), (), n_repeat=20).gpu_times.mean()
         rows.append(dict(op="adam_gpu", n=n, dtype="float32", path=dispatch.last_path("adam"),
@@ -519,9 +545,11 @@ def print_table(rows):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few repeats")
-    ap.add_argument("--out", default="benchmarks/out/", help="folder for the JSON")
+    ap.add_argument("--out", default="benchmarks/out/", metavar="DIR",
+                    help="folder for the JSON (default: benchmarks/out/)")
     ap.add_argument("--name", default=f"cpu-{os.cpu_count()}core",
-                    help="machine name used in the JSON file name")
+                    help="machine name used in the JSON file name (default: cpu-<cores>core, "
+                         f"here {f'cpu-{os.cpu_count()}core'})")
     ap.add_argument("--profile", action="store_true", help="also time the MLP step's parts")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--mlp-worker", help=argparse.SUPPRESS)

@@ -16,8 +16,8 @@ accel/torch ratio per round.
 kernels/batchnorm_cpu.py with the current argument order (e.g. ``git show
 main:kernels/batchnorm_cpu.py > /tmp/bn_main.py``), called directly (outputs allocated
 once), alternating with the current ones called the same way. "fused" goes through
-accel.dispatch, which hands an op's outputs out again once nothing holds them (so a steady
-loop maps no new pages).
+accel.dispatch's sites that refill their own outputs, as a network's BatchNorm layer does
+(so a steady loop maps no new pages).
 
 ``--malloc-heap`` runs both workers with glibc told to keep large blocks on its heap
 (MALLOC_MMAP_THRESHOLD_=1 GiB, MALLOC_TRIM_THRESHOLD_=4 GiB): by default glibc maps each
@@ -121,14 +121,20 @@ def fmt(s, scale=1e3, unit=" ms"):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--shape", type=int, nargs=2, default=(1024, 4096))
-    ap.add_argument("--reps", type=int, default=21, help="timed runs per process (median)")
-    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="rounds, each an accel process then a torch process (default: 7)")
+    ap.add_argument("--shape", type=int, nargs=2, default=(1024, 4096), metavar=("N", "D"),
+                    help="rows and columns of the batch-norm input (default: 1024 4096)")
+    ap.add_argument("--reps", type=int, default=21,
+                    help="timed runs per process, of which the median counts (default: 21)")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="time accel only (no torch processes)")
     ap.add_argument("--malloc-heap", action="store_true",
                     help="workers keep large blocks on glibc's heap (no fresh pages per call)")
-    ap.add_argument("--also", help="another batchnorm_cpu.py to time beside the current one")
-    ap.add_argument("--out", default=None, help="folder for bn_rounds-<N>x<D>.json")
+    ap.add_argument("--also", metavar="FILE",
+                    help="another batchnorm_cpu.py to time beside the current one")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="folder for bn_rounds-<N>x<D>.json (default: print only)")
     ap.add_argument("--worker", choices=("accel", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     n, d = args.shape

@@ -42,7 +42,7 @@ QUICK = {"iterations": 150, "train_samples": 5000, "bn_samples": 300, "bn_epochs
 
 
 def main(argv=None):
-    p = common.parser("book_differences", __doc__.splitlines()[0])
+    p = common.parser("book_differences", __doc__)
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK)
@@ -79,7 +79,8 @@ def _train(run, args, cfg, data, k, name, record_loss="before_update", hook=None
         hook(net)
     return common.train(net, getattr(optim, cls)(**kw), (data, None),
                         iterations=cfg["iterations"], batch_size=cfg["batch_size"],
-                        seed=args.seed, evaluate_sample=1000, record_loss=record_loss)
+                        seed=args.seed, evaluate_sample=1000, record_loss=record_loss,
+                        label=f"{name} ({record_loss.replace('_', ' ')})")
 
 
 def loss_form(run, args, cfg, data, k):
@@ -130,7 +131,7 @@ def bn_running_var(run, args, cfg, train, k):
                               weight_init=cfg["bn_weight_std"], batchnorm=True,
                               bn_eps=cfg["bn_eps"], bn_running_var_init=init)
         h = common.train(net, optim.SGD(0.01), ((x, t), None), epochs=cfg["bn_epochs"],
-                         batch_size=100, seed=args.seed)
+                         batch_size=100, seed=args.seed, label=f"running var from {init:g}")
         acc[init] = h.train_acc
     diff = np.abs(np.asarray(acc[1.0]) - np.asarray(acc[0.0]))
     return {"train_acc_init1": acc[1.0], "train_acc_init0": acc[0.0],
@@ -200,4 +201,4 @@ def _figure(results, dataset):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -30,8 +30,8 @@ QUICK = {"iterations": 300, "train_samples": 5000, "evaluate_sample": 1000}
 
 
 def main(argv=None):
-    p = common.parser("compare_initializers", __doc__.splitlines()[0])
-    p.add_argument("--iterations", type=int, default=None, help="steps per init (2000)")
+    p = common.parser("compare_initializers", __doc__)
+    common.option(p, "--iterations", DEFAULTS, QUICK, "training steps per initializer")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["iterations"])
@@ -47,10 +47,11 @@ def main(argv=None):
                               activation=cfg["activation"], weight_init=init)
         h = common.train(net, optim.SGD(cfg["lr"]), ((x, t), (xt, tt)),
                          iterations=cfg["iterations"], batch_size=cfg["batch_size"],
-                         seed=args.seed, evaluate_sample=cfg["evaluate_sample"])
+                         seed=args.seed, evaluate_sample=cfg["evaluate_sample"], label=label)
         results[label] = common.loss_curve_result(h, weight_init=init)
         final = results[label]["final"]
-        steps.done(label, loss=final["loss_smoothed"], test_acc=final["test_acc"])
+        steps.done(label, **{"loss (last 100 it.)": final["loss_last100_mean"],
+                             "test acc": final["test_acc"]})
 
     fig = common.loss_figure(results, f"{args.dataset}: weight init, SGD lr {cfg['lr']}, "
                                       f"{common.architecture(x.shape[1], cfg['hidden'], k)} "
@@ -67,4 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

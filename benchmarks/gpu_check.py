@@ -61,14 +61,17 @@ GPU_STAGES = ("environment", "kernels", "bench", "tests", "compile", "mlir")
 NO_GPU_STAGES = ("environment", "compile")
 BUDGET = (450, 210)  # seconds for the whole run (full, --quick)
 
-# scalars each kernel is checked with on the device (the reference's, in order)
+# scalars each kernel is checked with on the device (the reference's, in order); an optimizer's
+# last is ``decayed``: weight decay on the first 30 elements (all of the smaller buffers)
 SCALARS = {
-    "sgd": (0.05, 0.01),
-    "momentum": (0.05, 0.9, 0.9, 1e-3),
-    "nesterov": (0.05, 0.8, 1e-3),
-    "adagrad": (0.05, 1e-7, 0.0),
-    "rmsprop": (0.01, 0.99, 1e-7, 1e-3),
-    "adam": (0.9, 0.999, 1e-8, 0.01, 7, True, 1e-2, 0.999),
+    "sgd": (0.05, 0.01, 30),
+    "momentum": (0.05, 0.9, 0.9, 1e-3, 30),
+    "nesterov": (0.05, 0.8, 1e-3, 30),
+    "adagrad": (0.05, 1e-7, 1e-2, 30),
+    "rmsprop": (0.01, 0.99, 1e-7, 1e-3, 30),
+    "adadelta": (1.0, 0.9, 1e-6, 1e-2, 30),
+    "adam": (0.9, 0.999, 1e-8, 0.01, 7, True, 1e-2, 0.999, 30),
+    "clip_factor": (0.5, 1e-6, True),
     "batchnorm_forward_train": (0.9, 1e-5),
     "batchnorm_forward_eval": (1e-5,),
     "batchnorm_backward": (),
@@ -157,11 +160,14 @@ def stage_environment(quick, emit):
 # -- stage 2: every kernel against the reference, on the device
 
 
-def _arrays(cp, rng, kinds, n_ref_arrays, shape, flat, labels):
+def _arrays(cp, rng, kinds, n_ref_arrays, shape, flat, labels, doubles=()):
     out = []
     size = shape[0] * shape[1]
     for k, kind in enumerate(kinds[:n_ref_arrays]):
         dtype = kind[1]
+        if k in doubles:  # the gradient-clipping array: a factor below 1, no running sum
+            out.append(cp.asarray([0.7, 0.0]))
+            continue
         if k in labels:
             out.append(cp.asarray(rng.integers(0, shape[1], shape[0])))
             continue
@@ -171,22 +177,83 @@ def _arrays(cp, rng, kinds, n_ref_arrays, shape, flat, labels):
     return out
 
 
+def _guard_rows(cp, rng, dtype, launch):
+    """The non-finite guard on the device against its reference over 3 steps (a NaN at the
+    second), for a gradient of 1e6 elements: the last-block decision across many blocks."""
+    from accel.kernels import guard_record as R
+
+    from accel import dispatch
+    from accel import functional as F
+
+    rows = []
+    sizes, n_buffers = (600_000, 1, 399_999), 4
+    g = rng.standard_normal(sum(sizes)).astype(dtype)
+    args = [np.asarray(1.5, dtype).reshape(1), g,
+            np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            rng.standard_normal(3 * n_buffers).astype(dtype),
+            np.arange(0, 3 * n_buffers + 1, 3, dtype=np.int64), np.zeros(3 * n_buffers, dtype),
+            np.zeros(R.size(len(sizes), n_buffers, 4), np.int64)]
+    for sticky in (1.0, 0.0):
+        dev, ref = [cp.asarray(a) for a in args], [a.copy() for a in args]
+        row = dict(kernel="nonfinite_guard", dtype=dtype, shape=[1, g.size], launch=launch,
+                   sticky=bool(sticky), ok=False)
+        try:
+            for it in (1, 2, 3):
+                fresh = rng.standard_normal(g.size).astype(dtype)
+                if it == 2:
+                    fresh[[5, 700_000]] = (np.nan, np.inf)
+                dev[1][...] = cp.asarray(fresh)
+                ref[1][...] = fresh
+                dispatch.call(F.nonfinite_guard, *dev, scalars=(it, sticky), target="cuda")
+                row["path"] = dispatch.last_path("nonfinite_guard")
+                F.nonfinite_guard(*ref, it, sticky)
+                same = all(np.array_equal(cp.asnumpy(dev[k]), ref[k]) for k in (3, 5, 6))
+                if not same:
+                    row["error"] = f"record or statistics differ at step {it}: " \
+                                   f"{cp.asnumpy(dev[6])[:12]} vs {ref[6][:12]}"
+                    break
+            else:
+                row["ok"] = row["path"] == "cuda" and ref[6][R.FIRST] == 2
+        except Exception as exc:  # noqa: BLE001
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    return rows
+
+
 def stage_kernels(quick, emit):
+    """Every kernel against the reference on the device; then, for the launch path not
+    measured yet as the default (``ACCEL_CUDA_LAUNCH=direct``), the small cases again."""
     import cupy as cp
 
-    from accel import cuda_compile, dispatch
+    from accel import dispatch
 
     rng = np.random.default_rng(0)
     rows = []
+    for launch in ("numba", "direct"):
+        os.environ["ACCEL_CUDA_LAUNCH"] = launch  # read by each plan's Launcher
+        _kernel_rows(cp, rng, quick or launch == "direct", launch, rows, emit)
+        for dtype in ("float32", "float64"):
+            rows += _guard_rows(cp, rng, dtype, launch)
+        emit(dict(rows=rows, fell_back=dispatch.cuda_failures()))
+    os.environ.pop("ACCEL_CUDA_LAUNCH")
+
+
+def _kernel_rows(cp, rng, quick, launch, rows, emit):
+    from accel import cuda_compile, dispatch
+
     for ref, op, kernel in cuda_compile.cuda_kernels():
+        if op.kernel == "nonfinite_guard":
+            continue  # its own inputs: _guard_rows
         for dtype, tol in (("float32", 2e-4), ("float64", 1e-10)):
             _, kinds, n_arrays = cuda_compile.launch_arguments(ref, op, kernel, dtype)
             cases = [(1, n) for n in FLAT_SIZES] if op.flat else SHAPES
             for shape in cases[:3] if quick else cases:
-                arrays = _arrays(cp, rng, kinds, n_arrays, shape, op.flat, op.labels)
+                arrays = _arrays(cp, rng, kinds, n_arrays, shape, op.flat, op.labels,
+                                 op.doubles)
                 copies = [a.copy() for a in arrays]
                 scalars = SCALARS[op.kernel]
-                row = dict(kernel=op.kernel, dtype=dtype, shape=list(shape), ok=False)
+                row = dict(kernel=op.kernel, dtype=dtype, shape=list(shape), launch=launch,
+                           ok=False)
                 try:
                     got = dispatch.call(ref, *arrays, scalars=scalars, target="cuda")
                     row["path"] = dispatch.last_path(op.kernel)
@@ -222,22 +289,29 @@ def stage_bench(quick, emit):
 
     from accel import dispatch, functional
 
-    rows = []
-    scalars = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0)
+    rows = _launch_costs(quick)
+    emit(dict(rows=rows))
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 1000, False, 0.0, 1.0, 0)
     for n in ([10**6] if quick else [10**6, 10**7, 10**8]):
         p = cp.random.standard_normal(n, dtype=cp.float32)
         g = cp.random.standard_normal(n, dtype=cp.float32) * 1e-3
         m, v = cp.zeros_like(p), cp.zeros_like(p)
-        fused = _gpu_time(dispatch.optimizer_step, (functional.adam, p, g, (m, v), scalars))
+        clip = functional.clip_array(p)
+        site = dispatch.Site(functional.adam)  # as an optimizer calls it
+        fused = _gpu_time(lambda: site(p, g, m, v, clip, scalars=scalars))
         path = dispatch.last_path("adam")
-        ref = _gpu_time(functional.adam, (p, g, m, v, *scalars), n=10)
+        ref = _gpu_time(functional.adam, (p, g, m, v, clip, *scalars), n=10)
+        norm_site = dispatch.Site(functional.clip_factor)  # clip_norm's one reduction
+        norm = _gpu_time(lambda: norm_site(g, clip, scalars=(1.0, 1e-6, True)))
+        clip[...] = cp.asarray([1.0, 0.0])
         dst = cp.empty_like(p)
         copy = _gpu_time(lambda: dst.__setitem__(Ellipsis, p))
         copy_bw = 8 * n / copy
         rows.append(dict(op="adam", n=n, dtype="float32", path=path, fused_s=fused,
                          reference_s=ref, copy_s=copy, fused_GBps=28 * n / fused / 1e9,
                          copy_GBps=copy_bw / 1e9,
-                         fraction_of_copy_bw=(28 * n / fused) / copy_bw))
+                         fraction_of_copy_bw=(28 * n / fused) / copy_bw,
+                         clip_factor_s=norm, clip_factor_GBps=4 * n / norm / 1e9))
         emit(dict(rows=rows))
     for n, d in ([(1024, 100)] if quick else [(128, 100), (1024, 100), (1024, 1024),
                                               (1024, 4096)]):
@@ -259,23 +333,82 @@ def stage_bench(quick, emit):
     emit(dict(rows=rows))
 
 
+def _host_us(fn, sync, n):
+    """Median host microseconds of a call of ``fn`` (a launch: the device is synchronized
+    every 50 calls, outside the timing, so the queue never fills)."""
+    for _ in range(20):
+        fn()
+    sync()
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if i % 50 == 49:
+            sync()
+    sync()
+    return float(np.median(times) * 1e6)
+
+
+def _launch_costs(quick):
+    """Host µs per launch of Adam over 1000 float32 elements, by each launch path: Numba's
+    ``kernel[blocks, threads, stream](*args)``, accel's Launcher with numba-cuda's launch
+    (configured once per stream), the Launcher's direct cuda.core launch, a dispatch Site
+    (what an optimizer calls), beside a CuPy elementwise launch (``p += g``)."""
+    import cupy as cp
+    from accel.kernels import cuda_jit, guard_record, optim_cuda
+
+    from accel import dispatch, functional
+
+    n = 200 if quick else 2000
+    p = cp.random.standard_normal(1000, dtype=cp.float32)
+    g, m, v = cp.zeros_like(p), cp.zeros_like(p), cp.zeros_like(p)
+    record = cp.zeros(guard_record.FLAGS, cp.int64)
+    clip = functional.clip_array(p)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 10.0, 0.0, 0.0, 1.0, 0.0)
+    args = (p, g, m, v, clip, *scalars, record)
+    kernel, launch = optim_cuda.adam, optim_cuda.launch("adam", p)
+    sync = cp.cuda.Device().synchronize
+    stream = cp.cuda.get_current_stream().ptr
+    ext = dispatch.numba_cuda().external_stream(stream) if stream else 0
+    out = dict(op="launch_cost", n=1000, dtype="float32")
+    by_numba = cuda_jit.Launcher(kernel, launch, "numba")
+    direct = cuda_jit.Launcher(kernel, launch, "direct")
+    site = dispatch.Site(functional.adam)
+    paths = {
+        "numba_us": lambda: kernel[launch[0], launch[1], ext](*args),
+        "launcher_numba_us": lambda: by_numba(stream, args),
+        "launcher_direct_us": lambda: direct(stream, args),
+        "site_us": lambda: site(p, g, m, v, clip, scalars=scalars),
+        "cupy_elementwise_us": lambda: p.__iadd__(g),
+    }
+    for name, fn in paths.items():
+        try:
+            out[name] = _host_us(fn, sync, n)
+        except Exception as exc:  # noqa: BLE001  a path that cannot launch here
+            out[name.replace("_us", "_error")] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return [out]
+
+
 def bench_mlp(quick):
-    """The 784-100x4-10 MLP training step (batch 128, Adam, float32) on CuPy, fused and
-    reference path; torch CUDA eager in its own process when it sees the GPU."""
+    """The 784-100x4-10 MLP training step (batch 128, Adam, float32) on CuPy as the Trainer
+    takes it (``Trainer.step``: the non-finite guard on the device, forward, backward, the
+    update; nothing read back), fused and reference path; torch CUDA eager (no guard) in its
+    own process when it sees the GPU."""
     import cupy as cp
 
-    from accel import MultiLayerNet, dispatch, optim
+    from accel import MultiLayerNet, Trainer, dispatch, optim
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((128, MLP_SIZES[0]), dtype=np.float32)
     t = rng.integers(0, MLP_SIZES[-1], 128)
     net = MultiLayerNet(MLP_SIZES[0], list(MLP_SIZES[1:-1]), MLP_SIZES[-1], dtype=np.float32,
                         backend="cupy", seed=0)
-    opt = optim.Adam(lr=1e-3)
+    trainer = Trainer(net, optim.Adam(lr=1e-3), x, t, verbose=False)
     x, t = net.prepare(x, t)
 
     def step():
-        opt.update(net.params, net.loss_and_grads(x, t)[1])
+        trainer.step(x, t)
 
     sync, reps = cp.cuda.Device().synchronize, 30 if quick else 200
     row = dict(op="mlp_step", shape=list(MLP_SIZES), batch=128, dtype="float32",

@@ -22,8 +22,8 @@ QUICK = {"hidden": [6, 5], "input_features": 196}
 
 
 def main(argv=None):
-    p = common.parser("gradient_check", __doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=None, help="(3)")
+    p = common.parser("gradient_check", __doc__)
+    common.option(p, "--samples", DEFAULTS, QUICK, "training samples the loss is taken over")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["samples"])
@@ -76,4 +76,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

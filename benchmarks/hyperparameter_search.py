@@ -90,26 +90,28 @@ def shown_url(url: str) -> str:
 
 
 def main(argv=None):
-    p = common.parser("hyperparameter_search", __doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=None,
-                   help="trials per round, complete or pruned, over all workers (100)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (50)")
-    p.add_argument("--narrow", type=int, default=None, metavar="K",
-                   help="after a round, sample again inside the range of the best K")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="rounds in all (2 when --narrow is given, else 1)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes on this machine sharing the study (1)")
-    p.add_argument("--sampler", choices=search.SAMPLERS, default=None,
-                   help="random (the book's) or tpe")
-    p.add_argument("--pruner", choices=search.PRUNERS, default=None,
-                   help="none (the book's: every trial runs all epochs), median, hyperband")
+    p = common.parser("hyperparameter_search", __doc__)
+    common.option(p, "--trials", DEFAULTS, QUICK,
+                  "trials per round, complete or pruned, over all workers")
+    common.option(p, "--epochs", DEFAULTS, QUICK, "epochs per trial")
+    common.option(p, "--narrow", DEFAULTS, QUICK,
+                  "after the first round, sample again inside the range of the best K",
+                  metavar="K")
+    p.add_argument("--rounds", type=common.positive_int, default=None,
+                   help="rounds in all (default: 2 with --narrow, else 1)")
+    common.option(p, "--workers", DEFAULTS, QUICK,
+                  "worker processes on this machine sharing the study")
+    common.option(p, "--sampler", DEFAULTS, QUICK, "random (the book's) or tpe", type=str,
+                  choices=search.SAMPLERS)
+    common.option(p, "--pruner", DEFAULTS, QUICK,
+                  "none (the book's: every trial runs all epochs), median or hyperband",
+                  type=str, choices=search.PRUNERS)
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage: sqlite:///file.db or postgresql+psycopg://user@host:"
-                        "port/db (default: sqlite file <out>/hyperparameter_search.db)")
+                        "port/db (default: the SQLite file <out>/hyperparameter_search.db)")
     p.add_argument("--study-name", default=None, metavar="NAME",
                    help="the study (default: from dataset, sampler, pruner and --quick)")
-    p.add_argument("--blas-threads", type=int, default=None, metavar="N",
+    p.add_argument("--blas-threads", type=common.positive_int, default=None, metavar="N",
                    help="limit each worker's BLAS to N threads (default: 1 with --workers "
                         "> 1, so that N workers use N cores; no limit with one worker)")
     args = p.parse_args(argv)
@@ -124,6 +126,8 @@ def main(argv=None):
         cfg["rounds"] = 2
     if cfg["rounds"] > 1 and not cfg["narrow"]:
         p.error("--rounds > 1 needs --narrow K")
+    if cfg["narrow"] and cfg["rounds"] < 2:
+        p.error("--narrow K needs --rounds 2 or more (or leave --rounds out)")
     url = args.storage or default_storage(args.out)
     if url == default_storage(args.out):
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -150,6 +154,10 @@ def main(argv=None):
                          "batch_size": cfg["batch_size"], "epochs": cfg["epochs"],
                          "seed": args.seed, "sampler": cfg["sampler"],
                          "pruner": cfg["pruner"]}}
+    check_study(url, name, attrs["setting"])
+    if cfg["narrow"] is not None and cfg["narrow"] > cfg["trials"]:
+        raise common.UserError(f"--narrow {cfg['narrow']} is more than --trials "
+                               f"{cfg['trials']}: give --narrow K with K <= the trials")
     t0 = time.perf_counter()
     result = search.random_search(
         objective, cfg["trials"], space=space, seed=args.seed, narrow_top=cfg["narrow"],
@@ -201,6 +209,32 @@ def main(argv=None):
                                  "ranking": [tr.number for tr in ranked],
                                  "studies": [s.study_name for s in result.studies],
                                  "storage": shown_url(url), "search_s": round(search_s, 2)})
+
+
+FLAGS = {"dataset": "--dataset", "epochs": "--epochs", "seed": "--seed",
+         "sampler": "--sampler", "pruner": "--pruner"}
+
+
+def check_study(url, name, setting) -> None:
+    """A study of this name that was run with other settings: a UserError naming the flags
+    that continue it (its trials depend on them) and the flag that starts another one."""
+    try:  # through accel.search.storage, as the search itself opens it
+        stored = optuna.load_study(study_name=name, storage=search.storage(url)) \
+            .user_attrs.get("setting")
+    except KeyError:  # no such study yet: this run creates it
+        return
+    except Exception as exc:  # noqa: BLE001 - the storage itself: the flag is --storage
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise common.UserError(f"--storage {shown_url(url)}: {type(exc).__name__}: "
+                               f"{first}") from None
+    if stored is None or stored == setting:
+        return
+    diff = [k for k in setting if stored.get(k) != setting[k]]
+    was = ", ".join(f"{FLAGS.get(k, k)} {stored.get(k)}" for k in diff)
+    now = ", ".join(f"{FLAGS.get(k, k)} {setting[k]}" for k in diff)
+    raise common.UserError(
+        f"study {name!r} in {shown_url(url)} was run with {was} (this run: {now}); run with "
+        f"{was} to continue it, or give --study-name NAME to start another study")
 
 
 def score(tr) -> float:
@@ -274,4 +308,4 @@ def _figure(ranked, cfg, result, dataset):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

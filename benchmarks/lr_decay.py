@@ -1,12 +1,14 @@
 """Learning-rate decay on the course's "moons" problem (DLS course 2, week 2).
 
-300 points of two noisy moons (noise 0.2; 240 train, 60 test), a [2, 5, 2, 2] ReLU net
-with He initialization (the course's [2, 5, 2, 1] with a 2-way softmax in place of the
-sigmoid unit), mini-batches of 64, 5000 epochs, trained by mini-batch gradient descent,
-Momentum (β 0.9, the course's EMA form) and Adam: without decay at the course's lr 0.0007,
-and with decay from the course's lr0 (0.1 for GD and Momentum, 0.01 for Adam) by
-inverse-time decay lr0/(1 + epoch), fixed-interval (staircase) decay
-lr0/(1 + ⌊epoch/1000⌋), exponential 0.95^epoch·lr0 and inverse-sqrt lr0/√epoch. The
+300 points of two noisy moons (noise 0.2; 240 train, 60 test), the course's [2, 5, 2, 1]
+ReLU net with He initialization ending in one sigmoid unit (``output="sigmoid"``, binary
+cross-entropy), mini-batches of 64 (4 per epoch), 5000 epochs, trained by mini-batch
+gradient descent, Momentum (β 0.9, the course's EMA form) and Adam: without decay at the
+course's lr 0.0007, and with decay from the course's lr0 (0.1 for GD and Momentum, 0.01 for
+Adam) by inverse-time decay lr0/(1 + epoch), fixed-interval (staircase) decay
+lr0/(1 + ⌊epoch/1000⌋), exponential 0.95^epoch·lr0 and inverse-sqrt lr0/√epoch, each set
+at the start of every epoch (``schedule_unit="epoch"``), and the lectures' per-mini-batch
+form k/√t, lr0/√iteration set before every step (``schedule_unit="iteration"``). The
 figure shows the decision boundaries with the accuracies, the cost per epoch and the
 learning rates. Expected (course): without decay GD and Momentum reach ~72–80 % and Adam
 ~94 %; with the staircase decay all three reach ~94–96 %; per-epoch inverse-time decay
@@ -23,14 +25,17 @@ from matplotlib.colors import ListedColormap
 
 from accel import optim, schedules, to_numpy
 
-DEFAULTS = {"n_samples": 300, "noise": 0.2, "hidden": [5, 2], "batch_size": 64,
+DEFAULTS = {"n_samples": 300, "noise": 0.2, "hidden": [5, 2], "output": "sigmoid",
+            "batch_size": 64,
             "epochs": 5000, "lr_no_decay": 0.0007,
             "lr0": {"GD": 0.1, "Momentum": 0.1, "Adam": 0.01},
             "decay_rate": 1.0, "time_interval": 1000, "exp_base": 0.95,
             "curve_every": 50}
 QUICK = {"epochs": 80, "time_interval": 25, "curve_every": 5}
 
-SCHEDULES = ("no decay", "inverse-time", "staircase", "exponential", "inverse-sqrt")
+SCHEDULES = ("no decay", "inverse-time", "staircase", "exponential", "inverse-sqrt",
+             "inverse-sqrt per iteration")
+LR_FLOOR = 1e-6  # the lr panel's bottom: exponential decay falls far below it (0.95^5000)
 
 
 def make_optimizer(name, lr):
@@ -51,34 +56,40 @@ def make_schedule(kind, lr0, cfg):
                                          interval=cfg["time_interval"])
     if kind == "exponential":
         return schedules.ExponentialDecay(lr0, base=cfg["exp_base"])
-    return schedules.InverseSqrtDecay(lr0)
+    return schedules.InverseSqrtDecay(lr0)  # per epoch, or per iteration (its unit)
+
+
+def unit(kind) -> str:
+    return "iteration" if kind.endswith("per iteration") else "epoch"
 
 
 def main(argv=None):
-    p = common.parser("lr_decay", __doc__.splitlines()[0],
-                      datasets_allowed=("moons", "circles", "spiral"), default_dataset="moons")
-    p.add_argument("--epochs", type=int, default=None, help="(5000)")
+    # two classes: the course's net ends in one sigmoid unit
+    p = common.parser("lr_decay", __doc__, datasets_allowed=("moons", "circles"),
+                      default_dataset="moons")
+    common.option(p, "--epochs", DEFAULTS, QUICK, "epochs per run")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["epochs"])
     (x, t), (xt, tt) = common.load_data(args, n_samples=cfg["n_samples"], noise=cfg["noise"])
-    k = common.n_classes(t, tt)
     every = cfg["curve_every"]
 
     results, nets, full = {}, {}, {}
     steps = common.Steps(len(cfg["lr0"]) * len(SCHEDULES), "runs")
     for opt_name, lr0 in cfg["lr0"].items():
         for kind in SCHEDULES:
-            net = common.make_net(run, x.shape[1], k, cfg["hidden"], seed=args.seed,
-                                  weight_init="he")
+            net = common.make_net(run, x.shape[1], 1, cfg["hidden"], seed=args.seed,
+                                  weight_init="he", output=cfg["output"])
             sched = make_schedule(kind, lr0, cfg)
+            label = f"{opt_name} / {kind}"
             h = common.train(net, make_optimizer(opt_name, sched(0)), ((x, t), (xt, tt)),
                              epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                             seed=args.seed, schedule=sched)
+                             seed=args.seed, schedule=sched, schedule_unit=unit(kind),
+                             label=label)
             per_epoch = np.asarray(h.train_loss).reshape(cfg["epochs"], -1).mean(axis=1)
-            label = f"{opt_name} / {kind}"
             results[label] = {
-                "optimizer": opt_name, "schedule": repr(sched), "curve_every": every,
+                "optimizer": opt_name, "schedule": repr(sched), "schedule_unit": unit(kind),
+                "curve_every": every,
                 "epoch": list(range(0, cfg["epochs"], every)),
                 "cost": common.rounded(per_epoch[::every]),
                 "lr": common.rounded(h.lr[1::every]),
@@ -111,7 +122,7 @@ def _figure(results, nets, full, cfg, train, dataset):
     for i, o in enumerate(opts):
         for j, s in enumerate(SCHEDULES):
             ax, label = axes[i][j], f"{o} / {s}"
-            z = to_numpy(nets[label].predict(grid)).argmax(axis=1).reshape(gx.shape)
+            z = (to_numpy(nets[label].predict(grid))[:, 0] > 0).reshape(gx.shape)  # σ > ½
             ax.contourf(gx, gy, z, levels=np.arange(k + 1) - 0.5, cmap=cmap, alpha=0.25)
             for c, m in zip(range(k), "o^sv"):
                 sel = t == c
@@ -134,25 +145,32 @@ def _figure(results, nets, full, cfg, train, dataset):
         ax.set_yscale("log")
         ax.set_title(f"{o}: cost per epoch", fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
-        ax.set_ylabel("cross-entropy", fontsize=8)
+        ax.set_ylabel("binary cross-entropy", fontsize=8)
         ax.legend(fontsize=7)
     ax = last[len(opts)]
     o = opts[0]
+    below = []
     for j, s in enumerate(SCHEDULES):
         r = results[f"{o} / {s}"]
         ax.plot(r["epoch"], r["lr"], color=f"C{j}", lw=1.2, label=s)
+        lowest = min([*r["lr"], r["final"]["lr"]])
+        if lowest < LR_FLOOR:
+            below.append(f"{s} reaches {lowest:.0e}")
     ax.set_yscale("log")
-    ax.set_title(f"learning rate ({o}, lr0 {cfg['lr0'][o]})", fontsize=9)
-    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylim(LR_FLOOR, 2 * max(cfg["lr0"][o], cfg["lr_no_decay"]))
+    ax.set_title(f"learning rate ({o}: lr0 {cfg['lr0'][o]}, no decay {cfg['lr_no_decay']})"
+                 + ("\n" + "; ".join(below) + ", below the axis" if below else ""),
+                 fontsize=8)
+    ax.set_xlabel("epoch (per-iteration lr: its value at the epoch's end)", fontsize=7)
     ax.set_ylabel("lr", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     for ax in last[len(opts) + 1:]:
         ax.axis("off")
-    fig.suptitle(f"{dataset}: [2, {', '.join(map(str, cfg['hidden']))}, 2] ReLU, batch "
-                 f"{cfg['batch_size']}, {cfg['epochs']} epochs")
+    fig.suptitle(f"{dataset}: [2, {', '.join(map(str, cfg['hidden']))}, 1] ReLU → sigmoid, "
+                 f"batch {cfg['batch_size']}, {cfg['epochs']} epochs")
     fig.tight_layout()
     return fig
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

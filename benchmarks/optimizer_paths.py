@@ -54,8 +54,8 @@ def path(opt, start, steps, xp):
 
 
 def main(argv=None):
-    p = common.parser("optimizer_paths", __doc__.splitlines()[0], datasets_allowed=None)
-    p.add_argument("--steps", type=int, default=None, help="steps per optimizer (30)")
+    p = common.parser("optimizer_paths", __doc__, datasets_allowed=None)
+    common.option(p, "--steps", DEFAULTS, QUICK, "steps per optimizer")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["steps"])
@@ -94,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

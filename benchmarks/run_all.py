@@ -59,11 +59,16 @@ def argv_for(name, args) -> list:
 
 
 def main(argv=None):
-    p = common.parser("run_all", __doc__.splitlines()[0])
-    p.add_argument("--only", default=None, help="comma-separated experiments to run")
-    p.add_argument("--trials", type=int, default=None, help="hyperparameter_search --trials")
-    p.add_argument("--narrow", type=int, default=None, help="hyperparameter_search --narrow")
-    p.add_argument("--workers", type=int, default=None, help="hyperparameter_search --workers")
+    p = common.parser("run_all", __doc__)
+    p.add_argument("--only", default=None, metavar="NAMES",
+                   help="comma-separated experiments to run (default: all of "
+                        f"{', '.join(EXPERIMENTS)})")
+    p.add_argument("--trials", type=common.positive_int, default=None, metavar="T",
+                   help="hyperparameter_search.py --trials (default: its own, 100)")
+    p.add_argument("--narrow", type=common.positive_int, default=None, metavar="K",
+                   help="hyperparameter_search.py --narrow (default: none)")
+    p.add_argument("--workers", type=common.positive_int, default=None, metavar="N",
+                   help="hyperparameter_search.py --workers (default: 1)")
     args = p.parse_args(argv)
     names = EXPERIMENTS
     if args.only:
@@ -87,6 +92,9 @@ def main(argv=None):
         except SystemExit as exc:
             failed.append(name)
             print(f"!!! {name} exited with status {exc.code}", flush=True)
+        except common.UserError as exc:
+            failed.append(name)
+            print(f"!!! {name}: error: {exc}", flush=True)
         except Exception:
             failed.append(name)
             traceback.print_exc()
@@ -149,4 +157,4 @@ def _contact_sheet(records, out):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

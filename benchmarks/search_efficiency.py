@@ -9,7 +9,7 @@ study, and reports:
    each, alternating; the medians and their ratio. Every run samples the same 100 points
    (accel seeds trial n's draw by n).
 2. **pruning**: the epochs a search trains before the mean validation accuracy of its best 5
-   complete trials reaches that of the plain 100-trial random search (within ``--tol``),
+   complete trials reaches that of the plain 100-trial random search (within 0.01),
    as a fraction of the epochs the plain search ran (100 × 50): random search with median
    pruning, TPE with median pruning, and both with Hyperband. Trials are counted in the order
    they ran (one worker).
@@ -80,10 +80,10 @@ def progress(study, top):
 
 
 def main(argv=None):
-    p = common.parser("search_efficiency", __doc__.splitlines()[0],
-                      default_dataset="fashion-mnist")
-    p.add_argument("--trials", type=int, default=None, help="trials per search (100)")
-    p.add_argument("--repeats", type=int, default=None, help="timing runs of each worker count")
+    p = common.parser("search_efficiency", __doc__, default_dataset="fashion-mnist")
+    common.option(p, "--trials", DEFAULTS, QUICK, "trials per search")
+    common.option(p, "--repeats", DEFAULTS, QUICK,
+                  "timed runs of each worker count (alternating)")
     args = p.parse_args(argv)
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["trials", "repeats"])
@@ -176,4 +176,4 @@ def _figure(results, cfg, target, dataset):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -24,6 +24,8 @@ import common
 import numpy as np
 
 CONFIGS = [(threads, pinned) for threads in (1, 2) for pinned in (False, True)]
+DEFAULTS = {"steps": 20, "rounds": 5}
+QUICK = {"steps": 4, "rounds": 1}
 
 
 def worker(steps: int, pinned: bool, out: str) -> None:
@@ -56,13 +58,12 @@ def worker(steps: int, pinned: bool, out: str) -> None:
 def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
         return worker(int(sys.argv[2]), sys.argv[3] == "pinned", sys.argv[4])
-    p = common.parser("thread_determinism", __doc__.splitlines()[0], datasets_allowed=())
-    p.add_argument("--steps", type=int, default=None, help="compared steps (20)")
-    p.add_argument("--rounds", type=int, default=None, help="timing rounds (5)")
+    p = common.parser("thread_determinism", __doc__, datasets_allowed=())
+    common.option(p, "--steps", DEFAULTS, QUICK, "Adam steps compared between thread counts")
+    common.option(p, "--rounds", DEFAULTS, QUICK, "timing rounds")
     args = p.parse_args(argv)
     run = common.start(args)
-    cfg = common.config_from(args, {"steps": 20, "rounds": 5}, {"steps": 4, "rounds": 1},
-                             ["steps", "rounds"])
+    cfg = common.config_from(args, DEFAULTS, QUICK, ["steps", "rounds"])
     times = {c: [] for c in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(cfg["rounds"]):
@@ -99,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -7,6 +7,9 @@ from numba import njit
 # error_model="numpy": a float division by zero gives inf/nan (as NumPy) instead of a Python
 # exception check in the loop, which would stop the loop from vectorizing.
 jit = njit(parallel=True, cache=True, error_model="numpy")
+# a sum whose terms LLVM may add in vector lanes (fastmath "reassoc" only: NaN and Inf still
+# propagate): the order is fixed by the compiled loop, not by the number of threads
+jit_sum = njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc"})
 
 
 def serial_twins(kernels: dict) -> dict:
@@ -22,4 +25,5 @@ def serial(kernel):
     fn = types.FunctionType(py.__code__, py.__globals__, py.__name__ + "_serial",
                             py.__defaults__, py.__closure__)
     fn.__qualname__ = py.__qualname__ + "_serial"
-    return njit(cache=True, error_model="numpy")(fn)
+    return njit(cache=True, error_model="numpy",
+                fastmath=kernel.targetoptions.get("fastmath", False))(fn)

@@ -207,14 +207,14 @@ def test_state_dict_is_a_snapshot_and_load_checks_it():
 # -- trainer checkpoints and exact resume
 
 
-def _trainer(backend, tmp_path=None, **kw):
+def _trainer(backend, tmp_path=None, optimizer=None, **kw):
     x, t = toy(n=45)
     net = small_net(backend)
     kw = {"epochs": 4, "batch_size": 8, "seed": 3, "verbose": False,
           "schedule": schedules.ExponentialDecay(0.01, 0.9), **kw}
     if tmp_path is not None:
         kw.setdefault("checkpoint_dir", tmp_path)
-    return Trainer(net, optim.Adam(lr=0.01), x, t, x[:20], t[:20], **kw)
+    return Trainer(net, optimizer or optim.Adam(lr=0.01), x, t, x[:20], t[:20], **kw)
 
 
 def _assert_same_run(a, b):
@@ -240,6 +240,38 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(backend, tmp_path):
     resumed.fit()
     _assert_same_run(full, resumed)
     assert MultiLayerNet.load(path, backend=backend).config() == full.network.config()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optim.AdaDelta(weight_decay=1e-2, clip_norm=0.5),
+    lambda: optim.AdamW(lr=0.01, weight_decay=0.1, decay_mask=["b1", "W1"], clip_norm=1.0),
+], ids=["adadelta-clip", "adamw-mask-clip"])
+def test_resume_keeps_the_optimizers_clip_norm_and_decay_mask(tmp_path, make):
+    """The resumed trainer is given the optimizer's defaults: the checkpoint brings back
+    clip_norm and decay_mask (a mask that is not the weight block: one state per array)."""
+    full = _trainer("numpy", optimizer=make())
+    full.fit()
+    _trainer("numpy", tmp_path, optimizer=make(), epochs=2).fit()
+    resumed = _trainer("numpy", tmp_path, optimizer=type(make())(), resume=True)
+    resumed.fit()
+    a, b = full.optimizer, resumed.optimizer
+    assert a.hyperparameters() == b.hyperparameters() and b.clip_norm is not None
+    np.testing.assert_array_equal(full.network.params.flat, resumed.network.params.flat)
+    assert a.state.keys() == b.state.keys()
+    for key in a.state:
+        for sa, sb in zip(a.state[key], b.state[key]):
+            np.testing.assert_array_equal(sa, sb)
+
+
+def test_an_optimizer_saved_before_decay_masks_decays_every_array():
+    """Hyperparameters saved before ``decay_mask`` and ``clip_norm`` existed load as what
+    those optimizers did: decay every parameter, no clipping."""
+    sd = optim.SGD(0.1, weight_decay=0.01).state_dict()
+    for name in ("decay_mask", "clip_norm"):
+        del sd["hyperparameters"][name]
+    opt = optim.SGD(0.5, clip_norm=2.0)
+    opt.load_state_dict(sd)
+    assert (opt.lr, opt.weight_decay, opt.decay_mask, opt.clip_norm) == (0.1, 0.01, "all", None)
 
 
 def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(backend, tmp_path, capsys):

@@ -53,12 +53,12 @@ def test_every_kernel_compiles_for_every_dtype_and_cc(report):
     rows = report["compile"]["rows"]
     assert report["gpu"] is None and report["gpu_skipped"]
     assert {(r["kernel"], r["dtype"], r["cc"]) for r in rows} == _expected()
-    assert len(rows) == len(_expected()) == 13 * 2 * 2
+    assert len(rows) == len(_expected()) == 15 * 2 * 2
     bad = [(r["kernel"], r["dtype"], r["cc"], r["error"]) for r in rows if not r["ok"]]
     assert not bad, bad
     assert all(r["ptx_entries"] >= 1 for r in rows)
     assert report["returncode"] == 0, report["output"][-3000:]
-    assert "52/52 ok" in report["md"]
+    assert "60/60 ok" in report["md"]
 
 
 def test_no_kernel_spills_and_each_fits_its_block(report):
@@ -76,9 +76,13 @@ def test_signatures_are_the_dispatch_launch_types():
     for ref, op, kernel in cuda_compile.cuda_kernels():
         _, kinds, n = cuda_compile.launch_arguments(ref, op, kernel, "float32")
         sigs[op.kernel] = (", ".join(map(str, cuda_compile.signature(kinds))), n)
-    assert sigs["adam"] == (", ".join(["array(float32, 1d, C)"] * 4 + ["float64"] * 8
-                                      + ["array(int64, 1d, C)"]), 4)
-    f, i = "array(float32, 1d, C)", "array(int64, 1d, C)"
+    f, i, d = "array(float32, 1d, C)", "array(int64, 1d, C)", "array(float64, 1d, C)"
+    # p, g, m, v, the clip factor, 9 scalars (decayed last), the guard's record
+    assert sigs["adam"] == (", ".join([f] * 4 + [d] + ["float64"] * 9 + [i]), 5)
+    assert sigs["adadelta"] == (", ".join([f] * 4 + [d] + ["float64"] * 5 + [i]), 5)
+    assert sigs["sgd"] == (", ".join([f, f, d, "float64", "float64", "float64", i]), 3)
+    # g, clip, max_norm, eps, last, then the blocks' sums and the ticket
+    assert sigs["clip_factor"] == (", ".join([f, d] + ["float64"] * 3 + [d, i]), 2)
     assert sigs["nonfinite_guard"] == (", ".join(
         [f, f, i, f, i, f, i, "float64", "float64", "array(float64, 1d, C)", i]), 7)
     assert sigs["softmax_cross_entropy"] == (

@@ -4,6 +4,7 @@ JSON with the agreed keys, and the cheap ones reproduce the book's outcome in nu
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ needs_fashion = pytest.mark.skipif(
 
 IMAGE_SCRIPTS = ("compare_optimizers", "compare_initializers", "batchnorm_compare",
                  "overfitting", "hyperparameter_search", "gradient_check")
+ALL_SCRIPTS = ("optimizer_paths", "activation_histograms", "compare_initializers",
+               "compare_optimizers", "batchnorm_compare", "overfitting",
+               "hyperparameter_search", "search_efficiency", "lr_decay", "gradient_check",
+               "run_all", "book_differences", "thread_determinism", "bench_kernels",
+               "bn_rounds", "clip_cost")
 SYNTHETIC = ("optimizer_paths", "activation_histograms")
 
 
@@ -38,7 +44,7 @@ def run_script(name, *args, out, env_extra=None, check=True):
     return proc
 
 
-_cache = {}
+_cache, _stderr = {}, {}
 
 
 def quick(name, tmp_path_factory):
@@ -51,6 +57,7 @@ def quick(name, tmp_path_factory):
         proc = run_script(name, *args, out=out)
         record = json.loads((out / f"{name}.json").read_text())
         _cache[name] = (record, proc.stdout, out)
+        _stderr[name] = proc.stderr
     return _cache[name]
 
 
@@ -142,6 +149,53 @@ def test_compare_optimizers_outcome(tmp_path_factory):
     loss = {k: v["final"]["loss_last100_mean"] for k, v in r.items()}
     assert max(loss, key=loss.get) == "SGD"  # SGD is the slowest
     assert loss["Adam"] < loss["SGD"] - 0.2
+    # the losses the plot's y axis cuts are counted (and marked on the plot), never silent
+    top = 1.2 * math.log(10)
+    for v in r.values():
+        cut = sum(x is None or x > top for x in v["train_loss"])
+        assert v["final"]["losses_above_axis"] == cut
+    assert r["RMSProp"]["final"]["losses_above_axis"] > 0
+    # one loss number, named the same where it is printed and where it is ranked
+    stdout = quick("compare_optimizers", tmp_path_factory)[1]
+    assert "mean loss of the last 100 it. 0." in stdout
+    assert "ranking (mean loss of the last 100 it., lowest first)" in stdout
+    assert "loss_smoothed" not in stdout
+
+
+def test_compare_optimizers_says_when_the_accuracies_cannot_separate_them():
+    import importlib
+    sys.path.insert(0, str(BENCH))
+    try:
+        co = importlib.import_module("compare_optimizers")
+    finally:
+        sys.path.remove(str(BENCH))
+    note = co.same_accuracy_note([0.9944, 0.9944, 0.9944, 0.9944, 0.9944], "spiral")
+    assert "0.994 on spiral" in note and "too easy" in note and "0.994–" not in note
+    assert "0.985–0.994" in co.same_accuracy_note([0.9944, 0.985], "spiral")
+    assert co.same_accuracy_note([0.9944, 0.62, 0.99], "spiral") is None
+
+
+@needs_fashion
+def test_batchnorm_compare_counts_the_overflow_instead_of_warning(tmp_path_factory):
+    record = quick("batchnorm_compare", tmp_path_factory)[0]
+    assert "overflow encountered" not in _stderr["batchnorm_compare"]
+    f = {k: v["final"] for k, v in record["results"].items()}
+    assert f["std=1 / no BatchNorm"]["overflowed"] is True  # activations past float32
+    assert not any(v["overflowed"] for k, v in f.items() if "std=1 " not in k)
+    assert record["summary"]["no-BatchNorm runs that overflowed float32 (std)"] == "1"
+
+
+@needs_fashion
+def test_overfitting_early_stopping_restores_the_best_epoch(tmp_path_factory):
+    record = quick("overfitting", tmp_path_factory)[0]
+    r = record["results"]["early stopping (patience 2)"]
+    f = r["final"]
+    assert f["stopped_epoch"] is not None and f["best_epoch"] < f["stopped_epoch"]
+    assert f["stopped_epoch"] - f["best_epoch"] == 2  # patience evaluations without a better
+    assert r["epoch"][-1] == f["stopped_epoch"] < record["config"]["epochs"]
+    assert f["best_val_acc"] == max(r["val_acc"]) == r["val_acc"][r["epoch"].index(
+        f["best_epoch"])]
+    assert "early stopping" in r["stop_reason"]
 
 
 @needs_fashion
@@ -171,10 +225,14 @@ def test_lr_decay_outcome(tmp_path_factory):
     record = quick("lr_decay", tmp_path_factory)[0]
     assert record["dataset"] == "moons"
     f = {k: v["final"] for k, v in record["results"].items()}
-    assert len(f) == 15
+    assert len(f) == 18 and record["config"]["output"] == "sigmoid"
     # exponential decay ends far below lr0; without decay lr stays at the course's 0.0007
     assert f["GD / exponential"]["lr"] < 0.1 * 0.95 ** 70
     assert f["GD / no decay"]["lr"] == pytest.approx(7e-4)
+    # per iteration: lr0/√i at the last step i (80 epochs of 4 mini-batches: i = 319),
+    # per epoch lr0/√79 (its last epoch)
+    assert f["GD / inverse-sqrt per iteration"]["lr"] == pytest.approx(0.1 / math.sqrt(319))
+    assert f["GD / inverse-sqrt"]["lr"] == pytest.approx(0.1 / math.sqrt(79))
     # lr0 0.1 with staircase decay learns the moons far better than lr 0.0007 without decay
     assert f["GD / staircase"]["train_acc"] > f["GD / no decay"]["train_acc"] + 0.2
 
@@ -190,9 +248,133 @@ def test_missing_mnist_says_so(tmp_path):
                       env_extra={"ACCEL_DATA_DIR": str(empty),
                                  "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert proc.returncode == 2
-    assert "cannot load dataset 'mnist'" in proc.stderr
-    assert "ACCEL_DATA_DIR" in proc.stderr and "fashion-mnist" in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and "Traceback" not in proc.stderr  # one line
+    line = error[0]
+    assert line.startswith("compare_optimizers.py: error: dataset 'mnist' not found")
+    assert f"--data-dir {empty}" in line and "--offline" in line
+    assert "ACCEL_DATA_DIR" in line and "--dataset fashion-mnist" in line
+    assert "download=" not in line and "data_dir=" not in line  # no Python-API advice
     assert not (tmp_path / "out" / "compare_optimizers.json").exists()
+
+
+# -- a person at the command line: errors, Ctrl-C, --help
+
+
+def _one_error_line(proc, prog):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(f"{prog}: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_user_errors_are_one_line_naming_the_flag(tmp_path):
+    line = _one_error_line(run_script("compare_optimizers", "--iterations", "0", out=tmp_path,
+                                      check=False), "compare_optimizers.py")
+    assert "--iterations" in line and ">= 1" in line
+    line = _one_error_line(run_script("lr_decay", "--dataset", "spiral", out=tmp_path,
+                                      check=False), "lr_decay.py")
+    assert "--dataset" in line and "'spiral'" in line
+    # a study run with other settings: the flags that continue it, the one that starts anew
+    args = ("--quick", "--dataset", "spiral", "--trials", "2")
+    run_script("hyperparameter_search", *args, "--epochs", "2", out=tmp_path)
+    line = _one_error_line(run_script("hyperparameter_search", *args, "--epochs", "3",
+                                      out=tmp_path, check=False), "hyperparameter_search.py")
+    assert "was run with --epochs 2 (this run: --epochs 3)" in line
+    assert "--study-name" in line and "pass another study name" not in line
+    line = _one_error_line(run_script("hyperparameter_search", *args, "--storage", "nonsense",
+                                      out=tmp_path, check=False), "hyperparameter_search.py")
+    assert line.startswith("hyperparameter_search.py: error: --storage nonsense: ")
+
+
+@needs_fashion
+def test_ctrl_c_in_compare_optimizers_keeps_what_finished(tmp_path):
+    import signal
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCEL_DATA_DIR=str(DATA_DIR), MPLBACKEND="Agg")
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "compare_optimizers.py"), "--backend", "numpy", "--quick",
+         "--dataset", "fashion-mnist", "--out", str(tmp_path)], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:
+        if "[2/5]" in line:  # two optimizers done: interrupt the third
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "checkpoint_dir" not in err
+    record = json.loads((tmp_path / "compare_optimizers.json").read_text())
+    done = list(record["results"])
+    assert done[:2] == ["SGD", "Momentum"] and len(done) < 5
+    assert record["interrupted"] == ["SGD", "Momentum", "AdaGrad", "RMSProp", "Adam"][len(done)]
+    assert all(len(v["train_loss"]) == record["config"]["iterations"]
+               for v in record["results"].values())  # only whole series
+    assert (tmp_path / "compare_optimizers.png").exists()
+    assert f"interrupted during {record['interrupted']}" in err
+
+
+def _parser_of(name):
+    """The ArgumentParser ``name``'s main() builds, and its --help text."""
+    import argparse
+    import contextlib
+    import importlib
+    import io
+
+    made = []
+    real = argparse.ArgumentParser.parse_args
+
+    def capture(self, *a, **kw):
+        made.append(self)
+        return real(self, *a, **kw)
+
+    sys.path.insert(0, str(BENCH))
+    argparse.ArgumentParser.parse_args = capture
+    text = io.StringIO()
+    try:
+        module = importlib.import_module(name)
+        with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+            module.main(["--help"])
+    finally:
+        argparse.ArgumentParser.parse_args = real
+        sys.path.remove(str(BENCH))
+    return module, made[0], text.getvalue()
+
+
+@pytest.mark.parametrize("name", ALL_SCRIPTS)
+def test_help_is_whole_and_right(name):
+    pytest.importorskip("matplotlib")
+    if name in ("hyperparameter_search", "search_efficiency"):
+        pytest.importorskip("optuna")
+    module, parser, text = _parser_of(name)
+    # the description is whole: the docstring's first paragraph or its whole first sentence
+    first = " ".join(module.__doc__.strip().split("\n\n")[0].split())
+    desc = " ".join(parser.description.split())
+    assert first.startswith(desc) and desc.endswith((".", "?", ")")), desc
+    # every option says what it is, and its default at most once
+    for action in parser._actions:
+        if action.option_strings and action.help != "==SUPPRESS==":
+            assert action.help, f"{action.option_strings} has no help"
+    assert "(default: None)" not in text and "(default: False)" not in text
+    options = text[text.index("options:"):]
+    for block in re.split(r"\n(?=  -)", options):
+        assert block.count("default") <= 1, block
+    if name == "lr_decay":  # generated data only: no image-data options
+        assert "--data-dir" not in text and "--offline" not in text
+        assert "spiral" not in text  # two classes: one sigmoid unit
+
+
+def test_help_shows_the_real_defaults():
+    pytest.importorskip("optuna")
+    pytest.importorskip("matplotlib")
+    _, _, text = _parser_of("overfitting")
+    assert "epochs per variant (default: 201; 8 with --quick)" in " ".join(text.split())
+    _, _, text = _parser_of("hyperparameter_search")
+    flat = " ".join(text.split())
+    for shown in ("(default: 100; 6 with --quick)", "(default: 50; 4 with --quick)",
+                  "random (the book's) or tpe (default: random)", "(default: none)"):
+        assert shown in flat
 
 
 def test_hyperparameter_search_workers_and_narrow(tmp_path):

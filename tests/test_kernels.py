@@ -5,11 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from accel.kernels import guard_record as R
 from conftest import assert_close, bn_backward
 
 from accel import MultiLayerNet, dispatch, functional, layers, optim
 from accel import functional as F
-from accel.kernels import guard_record as R
 
 TOL = {np.float32: dict(rtol=1e-6, atol=1e-7), np.float64: dict(rtol=1e-12, atol=1e-14)}
 
@@ -25,6 +25,14 @@ OPTIMIZERS = {
     "adam": lambda: optim.Adam(lr=0.01),
     "adam-folded-wd": lambda: optim.Adam(lr=0.01, eps=1e-7, folded=True, weight_decay=1e-2),
     "adamw": lambda: optim.AdamW(lr=0.01, weight_decay=0.05),
+    "adamw-mask-clip": lambda: optim.AdamW(lr=0.01, weight_decay=0.05, decay_mask=["W"],
+                                           clip_norm=3.0),
+    "adadelta": lambda: optim.AdaDelta(),
+    "adadelta-wd-clip": lambda: optim.AdaDelta(lr=0.5, rho=0.95, weight_decay=1e-2,
+                                               clip_norm=2.0),
+    "sgd-clip": lambda: optim.SGD(lr=0.05, clip_norm=1.0),
+    "momentum-mask-clip": lambda: optim.Momentum(lr=0.05, weight_decay=1e-2,
+                                                 decay_mask=["b", "one"], clip_norm=4.0),
 }
 
 
@@ -61,12 +69,115 @@ def test_optimizer_kernel_matches_reference(name, dtype, parallel, monkeypatch):
     rule = dispatch.OPS[type(fused).rule].kernel
     assert dispatch.calls()[(rule, "cpu")] == 120 * len(shapes)
     assert dispatch.calls()[(rule, "reference")] == 120 * len(shapes)
+    if fused.clip_norm is not None:  # one share of the global norm per array
+        assert dispatch.calls()[("clip_factor", "cpu")] == 120 * len(shapes)
+        assert dispatch.calls()[("clip_factor", "reference")] == 120 * len(shapes)
     for k in shapes:
         assert pf[k].dtype == dtype
         assert_close(pf[k], pr[k], **TOL[dtype])
         for sf, sr in zip(fused.state[k], ref.state[k]):
             assert sf.dtype == dtype
             assert_close(sf, sr, **TOL[dtype])
+
+
+OPTIMIZER_RULES = {  # rule → (state arrays, scalars before ``decayed``)
+    functional.sgd: (0, (0.05, 0.01)),
+    functional.momentum: (1, (0.05, 0.9, 0.9, 1e-2)),
+    functional.nesterov: (1, (0.05, 0.8, 1e-2)),
+    functional.adagrad: (1, (0.05, 1e-7, 1e-2)),
+    functional.rmsprop: (1, (0.01, 0.99, 1e-7, 1e-2)),
+    functional.adadelta: (2, (1.0, 0.9, 1e-6, 1e-2)),
+    functional.adam: (2, (0.9, 0.999, 1e-8, 0.01, 5, False, 1e-2, 0.999)),
+}
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule", list(OPTIMIZER_RULES), ids=lambda r: r.__name__)
+def test_decayed_block_and_clip_factor_match_reference(rule, dtype, parallel, monkeypatch):
+    """A flat buffer whose first ``decayed`` elements decay (a network's weight block), the
+    rest not, and a clip factor below 1: the kernel against the reference, over steps."""
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 0 if parallel else 1 << 30)
+    n_state, scalars = OPTIMIZER_RULES[rule]
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(1001).astype(dtype)
+    state = [np.zeros_like(p) for _ in range(n_state)]
+    p_ref, state_ref = p.copy(), [a.copy() for a in state]
+    clip = np.array([0.6, 0.0])
+    for decayed in (700, 700, 0, 1001, 700):
+        g = rng.standard_normal(p.size).astype(dtype)
+        dispatch.optimizer_step(rule, p, g, state, (*scalars, decayed), clip=clip)
+        assert dispatch.last_path(rule.__name__) == "cpu"
+        rule(p_ref, g, *state_ref, clip, *scalars, decayed)
+    for a, b in zip([p, *state], [p_ref, *state_ref]):
+        assert_close(a, b, **TOL[dtype])
+    # one more step from the same state, with the block decayed and with none decayed: the
+    # elements past the block take the same bits, those in it do not
+    g = rng.standard_normal(p.size).astype(dtype)
+    after = []
+    for decayed in (700, 0):
+        q, st = p.copy(), [a.copy() for a in state]
+        dispatch.optimizer_step(rule, q, g, st, (*scalars, decayed), clip=clip)
+        after.append(q)
+    np.testing.assert_array_equal(after[0][700:], after[1][700:])
+    assert (after[0][:700] != after[1][:700]).mean() > 0.5
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sizes", [(0,), (1,), (37,), (50_000, 3, 20_000)])
+def test_clip_factor_kernel_matches_reference(sizes, dtype, parallel, monkeypatch):
+    """Σg² over one buffer or several (accumulated in clip[1], decided by the last call):
+    clip[0] = min(1, c/(‖g‖ + 1e-6)), clip[1] back to 0; against the reference and the
+    norm numpy computes."""
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 0 if parallel else 1 << 30)
+    rng = np.random.default_rng(sum(sizes))
+    gs = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in gs))
+    for max_norm in (0.5, 1e9):
+        clip, clip_ref = np.array([7.0, 0.0]), np.array([7.0, 0.0])
+        for k, g in enumerate(gs):
+            last = k == len(gs) - 1
+            dispatch.call(functional.clip_factor, g, clip,
+                          scalars=(max_norm, functional.CLIP_EPS, last))
+            assert dispatch.last_path("clip_factor") == "cpu"
+            functional.clip_factor(g, clip_ref, max_norm, functional.CLIP_EPS, last)
+            if not last:  # the running sum so far
+                assert clip[0] == 7.0 and clip[1] == pytest.approx(clip_ref[1], rel=1e-12)
+        np.testing.assert_allclose(clip, clip_ref, rtol=1e-12)
+        assert clip[1] == 0.0
+        assert clip[0] == pytest.approx(min(1.0, max_norm / (norm + 1e-6)), rel=1e-12)
+
+
+def test_clip_factor_does_not_depend_on_threads():
+    """Chunks split by size, added in chunk order: 1 thread, 2 threads and the serial twin
+    give the same bits; NaN in the gradient gives a NaN factor (as torch's clamp)."""
+    import numba
+    from accel.kernels import clip_cpu
+
+    g = np.random.default_rng(3).standard_normal(5 * clip_cpu.CHUNK + 7).astype(np.float32)
+
+    def factor(kernel):
+        clip = np.array([1.0, 0.0])
+        kernel(g, clip, 10.0, 1e-6, True, np.zeros(64), np.zeros(1, np.int64))
+        return clip
+
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = factor(clip_cpu.KERNELS["clip_factor"])
+    finally:
+        numba.set_num_threads(threads)
+    many = factor(clip_cpu.KERNELS["clip_factor"])
+    serial = factor(clip_cpu.SERIAL["clip_factor"])
+    np.testing.assert_array_equal(one, many)
+    np.testing.assert_array_equal(one, serial)
+    assert 0 < one[0] < 1
+    g[12345] = np.nan
+    assert np.isnan(factor(clip_cpu.KERNELS["clip_factor"])[0])
+    clip = np.array([1.0, 0.0])
+    functional.clip_factor(g, clip, 10.0, 1e-6, True)
+    assert np.isnan(clip[0])
 
 
 def test_one_kernel_call_per_step_on_a_network():
@@ -108,9 +219,10 @@ def test_optimizer_sizes(size):
     g = rng.standard_normal(size).astype(np.float32)
     pr, state, state_r = p.copy(), (np.zeros_like(p), np.zeros_like(p)), (
         np.zeros_like(p), np.zeros_like(p))
-    scalars = (0.9, 0.999, 1e-8, 0.01, 3, False, 0.0, 1.0)  # beta1..eps, lr, t, folded, wd, shrink
+    # beta1, beta2, eps, lr, t, folded, wd, shrink, decayed
+    scalars = (0.9, 0.999, 1e-8, 0.01, 3, False, 0.0, 1.0, size)
     dispatch.optimizer_step(functional.adam, p, g, state, scalars)
-    functional.adam(pr, g, *state_r, *scalars)
+    functional.adam(pr, g, *state_r, functional.clip_array(p), *scalars)
     assert dispatch.last_path("adam") == "cpu"
     assert_close(p, pr, rtol=1e-6)
     assert_close(state[1], state_r[1], rtol=1e-6)
@@ -123,8 +235,8 @@ def test_noncontiguous_and_other_dtype_inputs_are_copied():
     g = np.asfortranarray(rng.standard_normal((40, 3)))  # read-only and not C-contiguous
     v = np.zeros((40, 3))
     p_ref, v_ref = p.copy(), v.copy()
-    dispatch.optimizer_step(functional.momentum, p, g, (v,), (0.1, 0.9, 0.0, 0.01))
-    functional.momentum(p_ref, g, v_ref, 0.1, 0.9, 0.0, 0.01)
+    dispatch.optimizer_step(functional.momentum, p, g, (v,), (0.1, 0.9, 0.0, 0.01, p.size))
+    functional.momentum(p_ref, g, v_ref, functional.clip_array(p), 0.1, 0.9, 0.0, 0.01, p.size)
     assert dispatch.last_path("momentum") == "cpu"
     assert_close(base[:, ::2], p_ref, rtol=1e-12)
     assert_close(v, v_ref, rtol=1e-12)
@@ -132,21 +244,27 @@ def test_noncontiguous_and_other_dtype_inputs_are_copied():
     p32 = rng.standard_normal(50).astype(np.float32)
     g64 = rng.standard_normal(50)
     p_ref = p32.copy()
-    dispatch.optimizer_step(functional.sgd, p32, g64, (), (0.1, 0.0))
-    functional.sgd(p_ref, g64.astype(np.float32), 0.1, 0.0)
+    dispatch.optimizer_step(functional.sgd, p32, g64, (), (0.1, 0.0, 0))
+    functional.sgd(p_ref, g64.astype(np.float32), functional.clip_array(p32), 0.1, 0.0, 0)
     assert_close(p32, p_ref, rtol=1e-6)
 
 
 def test_wrong_dtypes_are_refused_or_take_the_reference():
     p = np.ones(5, np.float32)
     with pytest.raises(TypeError, match="state\\[0\\] has dtype float64"):
-        dispatch.optimizer_step(functional.adagrad, p, p.copy(), (np.zeros(5),), (0.1, 1e-7, 0.0))
+        dispatch.optimizer_step(functional.adagrad, p, p.copy(), (np.zeros(5),),
+                                (0.1, 1e-7, 0.0, 0))
     with pytest.raises(TypeError, match="float array"):
-        dispatch.optimizer_step(functional.sgd, p, np.ones(5, np.int64), (), (0.1, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, np.ones(5, np.int64), (), (0.1, 0.0, 0))
     with pytest.raises(ValueError, match="shape"):
-        dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0, 0))
+    with pytest.raises(TypeError, match="clip must be a float64 array, got float32"):
+        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.1, 0.0, 0),
+                                clip=np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="clip has shape \\(1,\\), expected \\(2,\\)"):
+        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.1, 0.0, 0), clip=np.ones(1))
     p16 = np.ones(5, np.float16)  # no kernel takes float16: the reference runs
-    dispatch.optimizer_step(functional.sgd, p16, np.ones(5, np.float16), (), (0.5, 0.0))
+    dispatch.optimizer_step(functional.sgd, p16, np.ones(5, np.float16), (), (0.5, 0.0, 0))
     assert dispatch.last_path("sgd") == "reference"
     assert_close(p16, np.full(5, 0.5))
 
@@ -154,17 +272,17 @@ def test_wrong_dtypes_are_refused_or_take_the_reference():
 def test_the_switch(monkeypatch):
     p = np.ones(3)
     monkeypatch.setenv("ACCEL_KERNELS", "reference")
-    dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
+    dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0, 0))
     assert dispatch.last_path("sgd") == "reference"
     monkeypatch.setenv("ACCEL_KERNELS", "fused")
-    dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
+    dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0, 0))
     assert dispatch.last_path("sgd") == "cpu"
     with dispatch.use("reference"):
-        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0, 0))
     assert dispatch.last_path() == {"sgd": "reference"}
     monkeypatch.setenv("ACCEL_KERNELS", "fast")
     with pytest.raises(ValueError, match="ACCEL_KERNELS"):
-        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0))
+        dispatch.optimizer_step(functional.sgd, p, p.copy(), (), (0.5, 0.0, 0))
 
 
 def test_importing_accel_compiles_nothing():
@@ -349,8 +467,8 @@ def test_cuda_first_launch_failure_falls_back_to_the_reference(monkeypatch, capl
     p = rng.standard_normal((6, 5))
     g = rng.standard_normal((6, 5))
     expected, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
-    scalars = (0.9, 0.999, 1e-8, 1e-3, 1, False, 0.0, 1.0)
-    functional.adam(expected, g, m.copy(), v.copy(), *scalars)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 1, False, 0.0, 1.0, 0)
+    functional.adam(expected, g, m.copy(), v.copy(), functional.clip_array(p), *scalars)
     broken = _Kernel("adam", eval(error))
     assert not dispatch.launch_cuda(broken, (1, 32), p, g)
     assert "adam failed on its first launch" in caplog.text

@@ -48,7 +48,7 @@ def test_optimizer_twins_read_alike():
 
     cpu, cuda = functions("optim_cpu"), functions("optim_cuda")
     assert cpu.keys() == cuda.keys() == {"sgd", "momentum", "nesterov", "adagrad", "rmsprop",
-                                         "adam"}
+                                         "adadelta", "adam"}
     for name in cpu:
         assert cpu[name] == cuda[name], name
 
@@ -57,27 +57,33 @@ def test_optimizer_twins_read_alike():
 
 
 def _check_optimizers(dispatch, functional):
+    """Each rule over steps, weight decay on the first ``decayed`` elements (all, none, a
+    leading block), gradients scaled by a clip factor below 1."""
     rng = np.random.default_rng(0)
-    cases = {
+    cases = {  # scalars before ``decayed``
         "sgd": (functional.sgd, 0, (0.05, 0.01)),
         "momentum": (functional.momentum, 1, (0.05, 0.9, 0.9, 1e-3)),
         "nesterov": (functional.nesterov, 1, (0.05, 0.8, 1e-3)),
-        "adagrad": (functional.adagrad, 1, (0.05, 1e-7, 0.0)),
+        "adagrad": (functional.adagrad, 1, (0.05, 1e-7, 1e-2)),
         "rmsprop": (functional.rmsprop, 1, (0.01, 0.99, 1e-7, 1e-3)),
+        "adadelta": (functional.adadelta, 2, (1.0, 0.9, 1e-6, 1e-2)),
         "adam": (functional.adam, 2, (0.9, 0.999, 1e-8, 0.01, 7, True, 1e-2, 0.999)),
     }
     steps = int(os.environ.get("ACCEL_CUDASIM_STEPS", "100"))
+    clip = np.array([0.7, 0.0])
     for dtype, tol in ((np.float32, 1e-6), (np.float64, 1e-12)):
         for name, (rule, n_state, scalars) in cases.items():
             for size in (0, 1, 37):
                 p = rng.standard_normal(size).astype(dtype)
                 state = [np.zeros(size, dtype) for _ in range(n_state)]
                 p_ref, state_ref = p.copy(), [s.copy() for s in state]
-                for _ in range(steps if size == 37 else 2):
+                for step in range(steps if size == 37 else 2):
                     g = rng.standard_normal(size).astype(dtype)
-                    dispatch.call(rule, p, g, *state, scalars=scalars, target="cuda")
+                    decayed = (size, 0, 20)[step % 3]
+                    dispatch.call(rule, p, g, *state, clip, scalars=(*scalars, decayed),
+                                  target="cuda")
                     assert dispatch.last_path(name) == "cuda"
-                    rule(p_ref, g, *state_ref, *scalars)
+                    rule(p_ref, g, *state_ref, clip, *scalars, decayed)
                 for a, b in zip([p, *state], [p_ref, *state_ref]):
                     np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 0.1)
             print(f"ok {name} {np.dtype(dtype).name}")
@@ -156,20 +162,44 @@ def _check_skipping(dispatch, functional):
         record = np.zeros(R.FLAGS, np.int64)
         record[R.SKIP] = 1
         before = [p.copy(), m.copy(), v.copy()]
-        scalars = (0.9, 0.999, 1e-8, 0.01, 4, False, 0.0, 1.0)
-        dispatch.call(functional.adam, p, g, m, v, scalars=scalars, target="cuda",
+        clip = functional.clip_array(p)
+        scalars = (0.9, 0.999, 1e-8, 0.01, 4, False, 0.0, 1.0, 37)
+        dispatch.call(functional.adam, p, g, m, v, clip, scalars=scalars, target="cuda",
                       record=record)
         for a, b in zip((p, m, v), before):
             np.testing.assert_array_equal(a, b)
         record[R.SKIP], record[R.SKIPPED] = 0, 2  # t = 4 with 2 skipped: the 2nd update
-        dispatch.call(functional.adam, p, g, m, v, scalars=scalars, target="cuda",
+        dispatch.call(functional.adam, p, g, m, v, clip, scalars=scalars, target="cuda",
                       record=record)
-        functional.adam(before[0], g, before[1], before[2], 0.9, 0.999, 1e-8, 0.01, 2, False,
-                        0.0, 1.0)
+        functional.adam(before[0], g, before[1], before[2], clip, 0.9, 0.999, 1e-8, 0.01, 2,
+                        False, 0.0, 1.0, 37)
         tol = 1e-6 if dtype == np.float32 else 1e-12
         for a, b in zip((p, m, v), before):
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     print("ok optimizer record")
+
+
+def _check_clip(dispatch, functional):
+    """Gradient clipping's factor: several blocks (their sums added by the last block), one
+    buffer or several accumulated in clip[1], against the reference."""
+    rng = np.random.default_rng(6)
+    for dtype in (np.float32, np.float64):
+        for sizes in ((0,), (1,), (37,), (19, 5, 40)):
+            gs = [rng.standard_normal(n).astype(dtype) for n in sizes]
+            for max_norm in (0.5, 1e9):
+                clip, clip_ref = np.array([3.0, 0.0]), np.array([3.0, 0.0])
+                for k, g in enumerate(gs):
+                    scalars = (max_norm, functional.CLIP_EPS, k == len(gs) - 1)
+                    dispatch.call(functional.clip_factor, g, clip, scalars=scalars,
+                                  target="cuda")
+                    assert dispatch.last_path("clip_factor") == "cuda"
+                    functional.clip_factor(g, clip_ref, *scalars)
+                    np.testing.assert_allclose(clip, clip_ref, rtol=1e-12)
+                norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in gs))
+                assert clip[1] == 0.0
+                np.testing.assert_allclose(clip[0], min(1.0, max_norm / (norm + 1e-6)),
+                                           rtol=1e-12)
+        print(f"ok clip_factor {np.dtype(dtype).name}")
 
 
 def _check_guard(dispatch, functional):
@@ -210,7 +240,7 @@ def main():
     simulator = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if not simulator and os.environ.get("ACCEL_CUDA_DEVICE") != "1":
         sys.exit("run with NUMBA_ENABLE_CUDASIM=1 (or ACCEL_CUDA_DEVICE=1 on a GPU)")
-    from accel.kernels import batchnorm_cuda, cuda_jit, guard_cuda
+    from accel.kernels import batchnorm_cuda, clip_cuda, cuda_jit, guard_cuda
 
     from accel import dispatch, functional
 
@@ -219,11 +249,13 @@ def main():
     if simulator:  # the simulator reads these at run time; a real compile has 32 x 16
         batchnorm_cuda.COLS, batchnorm_cuda.ROWS = 8, 4
         guard_cuda.THREADS, guard_cuda.MAX_BLOCKS = 4, 3  # 19 gradients: 3 blocks, a wrap
+        clip_cuda.THREADS, clip_cuda.MAX_BLOCKS = 4, 3  # 37 and 40: 3 blocks, a wrap
     _check_optimizers(dispatch, functional)
     _check_skipping(dispatch, functional)
     _check_batchnorm(dispatch, functional)
     _check_layers(dispatch, functional)
     _check_guard(dispatch, functional)
+    _check_clip(dispatch, functional)
     print("all CUDA twins match")
 
 

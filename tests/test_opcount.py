@@ -89,6 +89,18 @@ def test_a_training_step_of_the_book_mlp():
     assert ref.by_scope["optimizer"] > 1 and "kernel adam" not in ref.ops
 
 
+def test_gradient_clipping_adds_one_operation():
+    """clip_norm: one fused reduction over the flat gradient buffer writes the factor the
+    update kernel reads; weight decay on the weight block costs nothing more."""
+    x, t = _data()
+    net = _mlp(False, opcount.backend())
+    opt = optim.AdamW(clip_norm=1.0, weight_decay=0.01)
+    opcount.training_step(net, opt, x, t)
+    count = opcount.training_step(net, opt, x, t)
+    assert count.by_scope["optimizer"] == 2 and count.total == 28
+    assert count.ops["kernel clip_factor"] == 1 and count.ops["kernel adam"] == 1
+
+
 def test_batchnorm_step_counts_each_layer_type():
     x, t = _data()
     net, opt = _mlp(True, opcount.backend()), optim.Adam()
@@ -146,6 +158,10 @@ def _options():
     yield "sigmoid xavier", dict(activation="sigmoid", weight_init="xavier"), {}
     yield "tanh float64", dict(activation="tanh", dtype=np.float64), {}
     yield "schedule", {}, dict(schedule=accel.schedules.ExponentialDecay(1e-2))
+    yield "schedule per iteration", {}, dict(schedule=accel.schedules.InverseSqrtDecay(1e-2),
+                                             schedule_unit="iteration")
+    yield "early stopping", {}, dict(validation_data=(x_val, t_val), early_stopping=True)
+    yield "sigmoid output", dict(output="sigmoid"), {}
     yield "evaluate_sample", {}, dict(evaluate_sample=5, evaluate_every=2)
     yield "validation", {}, dict(validation_data=(x_val, t_val))
     yield "one-hot labels", {}, dict(one_hot=True)
@@ -154,8 +170,13 @@ def _options():
     yield "no guard", {}, dict(on_nonfinite=None)
     yield "verbose", {}, dict(verbose=True)
     yield "checkpoints", {}, dict(checkpoint_dir=True)
-    for name in ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "AdamW"):
+    for name in ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "AdamW"):
         yield name, {}, dict(optimizer=name)
+    yield "clip_norm", {}, dict(optimizer_kw=dict(clip_norm=0.1))
+    yield "AdamW decay mask clip_norm", {}, dict(optimizer="AdamW", optimizer_kw=dict(
+        decay_mask=["b1", "W2"], clip_norm=0.1))
+    yield "weight decay all", dict(weight_decay=1e-2, decay_mask="all"), dict(
+        optimizer="SGD", optimizer_kw=dict(weight_decay=1e-2, decay_mask="all"))
 
 
 OPTIONS = {name: (net_kw, trainer_kw) for name, net_kw, trainer_kw in _options()}
@@ -172,12 +193,16 @@ def test_every_trainer_and_network_option_runs_on_the_counting_backend(option, t
 
     def fit(backend, folder):
         kw = dict(trainer_kw)
-        opt = getattr(optim, kw.pop("optimizer", "Adam"))(lr=1e-2)
+        opt = getattr(optim, kw.pop("optimizer", "Adam"))(lr=1e-2, **kw.pop("optimizer_kw", {}))
         labels = np.eye(3, dtype=np.float32)[t] if kw.pop("one_hot", False) else t
         if kw.get("checkpoint_dir"):
             kw["checkpoint_dir"] = folder
-        net = MultiLayerNet(6, [5, 4], 3, backend=backend, seed=0, **net_kw)
-        trainer = accel.Trainer(net, opt, x, labels, x_test, t_test,
+        if kw.pop("early_stopping", False):  # a fresh one per run: it keeps state
+            kw["on_evaluate"] = [accel.EarlyStopping(patience=1)]
+        binary = net_kw.get("output") == "sigmoid"  # one unit, labels 0/1
+        net = MultiLayerNet(6, [5, 4], 1 if binary else 3, backend=backend, seed=0, **net_kw)
+        trainer = accel.Trainer(net, opt, x, labels % 2 if binary else labels, x_test,
+                                t_test % 2 if binary else t_test,
                                 **{"epochs": 3, "batch_size": 8, "seed": 0, "verbose": False,
                                    **kw})
         history = trainer.fit()
@@ -197,19 +222,22 @@ def test_every_trainer_and_network_option_runs_on_the_counting_backend(option, t
 # -- a training step reads nothing back from the device
 
 
+@pytest.mark.parametrize("opt_kw", [{}, dict(clip_norm=0.5, weight_decay=1e-3)],
+                         ids=["", "clip_norm"])
 @pytest.mark.parametrize("net_kw", [{}, dict(batchnorm=True, dropout=0.2)],
                          ids=["plain", "batchnorm+dropout"])
 @pytest.mark.parametrize("mode", ["raise", "skip"])
-def test_a_training_step_reads_nothing_from_the_device(net_kw, mode):
+def test_a_training_step_reads_nothing_from_the_device(net_kw, mode, opt_kw):
     """Counted on the counting backend (a stand-in for a GPU): no float/bool/item/format of a
     device array and no conversion to NumPy inside Trainer.step, and a whole fit() reads the
-    device as often with 4 steps an epoch as with 16 (at the epoch's end, not per step)."""
+    device as often with 4 steps an epoch as with 16 (at the epoch's end, not per step).
+    Gradient-norm clipping decides its factor on the device too."""
     rng = np.random.default_rng(0)
 
     def reads(batch_size):
         x, t = rng.standard_normal((64, 6)).astype(np.float32), rng.integers(0, 3, 64)
         net = MultiLayerNet(6, [5, 4], 3, backend=opcount.backend(), seed=0, **net_kw)
-        trainer = accel.Trainer(net, optim.Adam(lr=1e-2), x, t, x[:8], t[:8], epochs=2,
+        trainer = accel.Trainer(net, optim.Adam(lr=1e-2, **opt_kw), x, t, x[:8], t[:8], epochs=2,
                                 batch_size=batch_size, seed=0, verbose=False,
                                 on_nonfinite=mode)
         step, in_steps = trainer.step, opcount.Count()

@@ -135,12 +135,16 @@ def test_lr_can_change_between_steps(xp):
 
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_flat_buffer_step_equals_per_array_steps(backend, xp, name):
-    """One step over the net's flat buffer = one step per named array."""
+    """One step over the net's flat buffer = one step per named array, the plain dict told
+    by a mask which arrays are the weight matrices (the net's params know it); with weight
+    decay and gradient-norm clipping."""
     net = MultiLayerNet(6, [5], 3, batchnorm=True, dtype=np.float64, backend=backend, seed=0)
     rng = np.random.default_rng(0)
     x, t = xp.asarray(rng.standard_normal((8, 6))), xp.asarray(rng.integers(0, 3, 8))
     copy = {k: v.copy() for k, v in net.params.items()}
-    flat_opt, dict_opt = optim.get_optimizer(name, lr=0.01), optim.get_optimizer(name, lr=0.01)
+    kw = dict(lr=0.01, weight_decay=0.05, clip_norm=0.5)
+    flat_opt = optim.get_optimizer(name, **kw)
+    dict_opt = optim.get_optimizer(name, decay_mask=["W1", "W2"], **kw)
     for _ in range(3):
         grads = net.gradient(x, t)
         plain = {k: g.copy() for k, g in grads.items()}
@@ -188,3 +192,208 @@ def test_mismatched_params_and_grads(xp):
     with pytest.raises(ValueError):
         opt.update(params, {"a": xp.ones(3)})
     assert to_numpy(params["a"]).tolist() == [1, 1]  # nothing changed by the failed call
+
+
+# -- AdaDelta, gradient-norm clipping and the weight-decay rule, against torch
+
+TORCH = {  # name → (accel kwargs, torch.optim class, its kwargs): the same update rule
+    "sgd": (dict(lr=0.05), "SGD", dict(lr=0.05)),
+    "momentum": (dict(lr=0.05, momentum=0.9), "SGD", dict(lr=0.05, momentum=0.9)),
+    "nesterov": (dict(lr=0.05, momentum=0.8), "SGD", dict(lr=0.05, momentum=0.8,
+                                                          nesterov=True)),
+    "adagrad": (dict(lr=0.05, eps=1e-10), "Adagrad", dict(lr=0.05, eps=1e-10)),
+    "rmsprop": (dict(lr=0.01, decay_rate=0.99, eps=1e-8), "RMSprop",
+                dict(lr=0.01, alpha=0.99, eps=1e-8)),
+    "adadelta": (dict(), "Adadelta", dict()),  # both default to lr 1.0, ρ 0.9, ε 1e-6
+    "adam": (dict(lr=0.01), "Adam", dict(lr=0.01)),
+    "adamw": (dict(lr=0.01), "AdamW", dict(lr=0.01)),
+}
+SHAPES = {"W": (7, 5), "b": (5,)}
+
+
+def _grads(rng, step, shapes):
+    """Gradients whose global norm is far above 1.5 on odd steps, far below on even ones."""
+    scale = 3.0 if step % 2 else 0.05
+    return {k: rng.standard_normal(s) * scale for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("clip_norm", [None, 1.5])
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_a_plain_dict_steps_as_torch_does(name, clip_norm):
+    """A plain dict decays every array (torch's weight_decay); clip_norm=c is
+    torch.nn.utils.clip_grad_norm_(params, c) and then torch's step: 60 steps, the norm
+    above c on every other one."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    p0 = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
+    ours, torch_name, torch_kw = TORCH[name]
+    tensors = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in p0.items()}
+    ref = getattr(torch.optim, torch_name)(list(tensors.values()), weight_decay=0.01,
+                                           **torch_kw)
+    opt = optim.get_optimizer(name, weight_decay=0.01, clip_norm=clip_norm, **ours)
+    params = {k: v.copy() for k, v in p0.items()}
+    clipped = 0
+    for step in range(60):
+        grads = _grads(rng, step, SHAPES)
+        for k, w in tensors.items():
+            w.grad = torch.tensor(grads[k].copy())
+        if clip_norm is not None:
+            clipped += float(torch.nn.utils.clip_grad_norm_(list(tensors.values()),
+                                                            clip_norm)) > clip_norm
+        ref.step()
+        opt.update(params, grads)
+        for k in SHAPES:
+            np.testing.assert_allclose(params[k], tensors[k].detach().numpy(), rtol=1e-10,
+                                       atol=1e-12, err_msg=f"{k} at step {step}")
+    assert clipped == (30 if clip_norm else 0)
+
+
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_a_network_steps_as_torch_with_weight_decay_on_the_weights(backend, name):
+    """The flat buffer in one fused call (and the norm in one reduction) = torch with two
+    parameter groups, the weight matrices decayed and the rest not, the usual way to ask
+    torch for the book's and the course's rule; clipped by the global norm of all."""
+    torch = pytest.importorskip("torch")
+    net = MultiLayerNet(6, [5, 4], 3, batchnorm=True, dtype=np.float64, backend=backend,
+                        seed=0)
+    tensors = {k: torch.tensor(to_numpy(v).copy(), requires_grad=True)
+               for k, v in net.params.items()}
+    weights = [w for k, w in tensors.items() if k.startswith("W")]
+    others = [w for k, w in tensors.items() if not k.startswith("W")]
+    ours, torch_name, torch_kw = TORCH[name]
+    ref = getattr(torch.optim, torch_name)([{"params": weights, "weight_decay": 0.05},
+                                            {"params": others, "weight_decay": 0.0}],
+                                           **torch_kw)
+    opt = optim.get_optimizer(name, weight_decay=0.05, clip_norm=1.5, **ours)
+    rng = np.random.default_rng(1)
+    shapes = {k: v.shape for k, v in net.params.items()}
+    for step in range(20):
+        grads = _grads(rng, step, shapes)
+        for k, w in tensors.items():
+            w.grad = torch.tensor(grads[k].copy())
+            net.grads[k] = net.backend.asarray(grads[k])
+        torch.nn.utils.clip_grad_norm_(list(tensors.values()), 1.5)
+        ref.step()
+        opt.update(net.params, net.grads)
+    assert list(opt.state) == ["flat"]
+    for k, w in tensors.items():
+        np.testing.assert_allclose(to_numpy(net.params[k]), w.detach().numpy(), rtol=1e-10,
+                                   atol=1e-12, err_msg=k)
+
+
+def test_adadelta_by_hand(xp):
+    """DeZero's AdaDelta (lr 1, ρ 0.95): Δ = √((u + ε)/(h + ε))·g, an independent loop."""
+    grads, rho, eps = [1.0, -2.0, 0.5, 3.0, 0.0, -0.1], 0.95, 1e-6
+    p, h, u, want = 1.0, 0.0, 0.0, []
+    for g in grads:
+        h = rho * h + (1 - rho) * g * g
+        dx = math.sqrt((u + eps) / (h + eps)) * g
+        u = rho * u + (1 - rho) * dx * dx
+        p -= dx
+        want.append(p)
+    assert run(optim.AdaDelta(lr=1.0, rho=rho, eps=eps), xp, grads) == pytest.approx(
+        want, abs=1e-14)
+    # the first step from zero state moves by √ε/√((1 − ρ)g² + ε)·g ≈ 0.0045 for g = 1
+    assert 1 - run(optim.AdaDelta(), xp, [1.0])[0] == pytest.approx(
+        math.sqrt(1e-6) / math.sqrt(0.1 + 1e-6), rel=1e-12)
+
+
+@pytest.mark.parametrize("mask", ["weights", "all"])
+def test_the_networks_l2_term_and_an_optimizers_weight_decay_are_one_rule(mask):
+    """½λΣθ² in the loss (over the parameters ``mask`` names) and the optimizer's coupled
+    λθ over the same ones take the same steps."""
+    rng = np.random.default_rng(2)
+    x, t = rng.standard_normal((16, 6)), rng.integers(0, 3, 16)
+    kw = dict(batchnorm=True, dtype=np.float64, seed=0)
+    in_loss = MultiLayerNet(6, [5, 4], 3, weight_decay=0.1, decay_mask=mask, **kw)
+    in_opt = MultiLayerNet(6, [5, 4], 3, **kw)
+    opt_a, opt_b = optim.SGD(0.1), optim.SGD(0.1, weight_decay=0.1, decay_mask=mask)
+    for _ in range(5):
+        opt_a.update(in_loss.params, in_loss.gradient(x, t))
+        opt_b.update(in_opt.params, in_opt.gradient(x, t))
+    np.testing.assert_allclose(in_loss.params.flat, in_opt.params.flat, rtol=1e-12, atol=1e-15)
+    assert in_loss.n_decayed == (in_loss.n_weights if mask == "weights"
+                                 else in_loss.params.flat.size)
+    # the loss's term: ½λ over the same parameters (γ = 1 counts under "all")
+    theta = in_loss.params.flat[:in_loss.n_decayed]
+    plain = MultiLayerNet(6, [5, 4], 3, **kw)
+    plain.params.flat[...] = in_loss.params.flat
+    plain.buffers.flat[...] = in_loss.buffers.flat  # BatchNorm's running statistics
+    assert in_loss.loss(x, t) - plain.loss(x, t) == pytest.approx(0.05 * theta @ theta,
+                                                                  rel=1e-12)
+
+
+def test_which_arrays_decay_comes_from_the_container(xp):
+    """A network's params decay their weight block; a plain dict every array, unless a mask
+    names them. AdamW with zero gradients only shrinks: p ← (1 − lr·wd)·p."""
+    def shrink(params, **kw):
+        opt = optim.AdamW(lr=0.1, weight_decay=0.5, **kw)
+        before = {k: to_numpy(v).copy() for k, v in params.items()}
+        grads = {k: xp.zeros_like(v) for k, v in params.items()}
+        if hasattr(params, "flat"):  # a network's: its flat gradient buffer
+            net.grads.flat[...] = 0
+            grads = net.grads
+        opt.update(params, grads)
+        return {k: float(np.max(to_numpy(params[k]) / before[k])) for k in params}, opt
+
+    def ones():
+        return {"W": xp.ones((3, 2)), "b": xp.ones(2)}
+
+    assert shrink(ones())[0] == {"W": 0.95, "b": 0.95}
+    assert shrink(ones(), decay_mask=["W"])[0] == {"W": 0.95, "b": 1.0}
+    assert shrink(ones(), decay_mask="all")[0] == {"W": 0.95, "b": 0.95}
+
+    net = MultiLayerNet(4, [3], 2, batchnorm=True, dtype=np.float64, seed=0,
+                        backend="numpy" if xp is np else "cupy")
+    def reset():
+        net.params.flat[...] = 1.0
+        return net.params
+
+    factors, opt = shrink(reset())
+    assert factors == {k: 0.95 if k[0] == "W" else 1.0 for k in net.params}
+    assert list(opt.state) == ["flat"]  # still one fused call over the whole buffer
+    factors, opt = shrink(reset(), decay_mask=["W2", "W1"])  # the weight block, named
+    assert factors == {k: 0.95 if k[0] == "W" else 1.0 for k in net.params}
+    assert list(opt.state) == ["flat"]
+    factors, opt = shrink(reset(), decay_mask=["b1"])  # not the leading block: per array
+    assert factors == {k: 0.95 if k == "b1" else 1.0 for k in net.params}
+    assert set(opt.state) == set(net.params)
+    assert list(shrink(reset(), decay_mask="all")[0].values()) == [0.95] * len(net.params)
+
+
+def test_clip_norm_can_be_changed_and_turned_off(xp):
+    """clip_norm is read at each step; None gives the unclipped step again."""
+    opt = optim.SGD(1.0, clip_norm=0.5)
+    params = {"w": xp.asarray([0.0, 0.0])}
+    opt.update(params, {"w": xp.asarray([3.0, 4.0])})  # ‖g‖ = 5: scaled to 0.5
+    assert to_numpy(params["w"]) == pytest.approx([-0.3, -0.4], rel=1e-6)
+    opt.clip_norm = None
+    opt.update(params, {"w": xp.asarray([3.0, 4.0])})
+    assert to_numpy(params["w"]) == pytest.approx([-3.3, -4.4], rel=1e-6)
+    opt.clip_norm = 10.0  # above the norm: no change to g
+    opt.update(params, {"w": xp.asarray([3.0, 4.0])})
+    assert to_numpy(params["w"]) == pytest.approx([-6.3, -8.4], rel=1e-6)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: optim.SGD(0.1, decay_mask="bias"), ValueError,
+     "decay_mask='bias' is not one of \\['weights', 'all'\\]"),
+    (lambda: optim.Adam(decay_mask=3), TypeError, "decay_mask must be 'weights', 'all' or"),
+    (lambda: optim.Adam(decay_mask=["W", 1]), TypeError, "decay_mask names must be strings"),
+    (lambda: optim.Adam(clip_norm=0), ValueError, "clip_norm must be > 0, got 0"),
+    (lambda: optim.Adam(clip_norm="big"), TypeError, "clip_norm must be a positive number"),
+    (lambda: optim.AdaDelta(rho=1.0), ValueError, "rho must be in \\[0, 1\\), got 1.0"),
+    (lambda: optim.AdaDelta(eps=-1), ValueError, "eps must be > 0"),
+    (lambda: MultiLayerNet(4, [3], 2, decay_mask=["W1"]), ValueError, "decay_mask="),
+])
+def test_bad_decay_masks_and_clip_norms(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_a_mask_naming_missing_arrays_is_refused_before_anything_changes(xp):
+    opt = optim.SGD(0.1, weight_decay=0.1, decay_mask=["W", "gamma"])
+    params = {"W": xp.ones(2), "b": xp.ones(2)}
+    with pytest.raises(ValueError, match="decay_mask names \\['gamma'\\], which are not"):
+        opt.update(params, {"W": xp.ones(2), "b": xp.ones(2)})
+    assert opt.t == 0 and to_numpy(params["W"]).tolist() == [1, 1]

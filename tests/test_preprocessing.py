@@ -6,7 +6,15 @@ import pytest
 from conftest import assert_close
 
 from accel.backend import to_numpy
-from accel.preprocessing import PCAWhitening, Standardizer, one_hot, shuffle, train_val_split
+from accel.preprocessing import (
+    PCAWhitening,
+    Standardizer,
+    batch_bounds,
+    minibatches,
+    one_hot,
+    shuffle,
+    train_val_split,
+)
 
 
 def _data(xp, n=500, d=4, seed=0):
@@ -180,3 +188,49 @@ def test_train_val_split(xp):
 def test_train_val_split_bad_fraction(xp, frac, exc):
     with pytest.raises(exc, match="val_fraction"):
         train_val_split(xp.ones((10, 2)), xp.zeros(10, dtype=xp.int64), val_fraction=frac)
+
+
+# -- the course's mini-batch partition
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [
+    (10, 4, [4, 4, 2]), (12, 4, [4, 4, 4]), (3, 8, [3]), (9, 4, [4, 4, 1]), (1, 1, [1])])
+def test_minibatches_sizes_and_coverage(xp, n, batch_size, sizes):
+    x = xp.asarray(np.arange(2 * n, dtype=np.float32).reshape(n, 2))
+    t = xp.arange(n)
+    batches = minibatches(x, t, batch_size, seed=3)
+    assert [b[0].shape[0] for b in batches] == sizes  # full batches, then the partial one
+    xs = np.concatenate([to_numpy(b[0]) for b in batches])
+    ts = np.concatenate([to_numpy(b[1]) for b in batches])
+    assert sorted(ts.tolist()) == list(range(n))  # every sample exactly once
+    np.testing.assert_array_equal(xs[:, 0], 2 * ts)  # (x, t) pairs kept together
+    # the order is the seed's permutation (NumPy's generator, the same on every backend)
+    np.testing.assert_array_equal(ts, np.random.default_rng(3).permutation(n))
+    again = minibatches(x, None, batch_size, seed=3)
+    assert all(np.array_equal(to_numpy(a), to_numpy(b[0])) for a, b in zip(again, batches))
+
+
+def test_minibatches_merge_a_last_batch_below_min_last(xp):
+    x = xp.asarray(np.arange(5, dtype=np.float64)[:, None])
+    # the case of a BatchNorm net: 5 samples, batch 2 -> 2 + 3 (not 2 + 2 + 1)
+    assert [b.shape[0] for b in minibatches(x, None, 2, seed=0, min_last=2)] == [2, 3]
+    assert [b.shape[0] for b in minibatches(x, None, 2, seed=0)] == [2, 2, 1]
+    assert batch_bounds(9, 4, min_last=2) == [(0, 4), (4, 9)]
+    assert batch_bounds(9, 4, min_last=3) == [(0, 4), (4, 9)]  # tail of 1 < 3: merged
+    assert batch_bounds(10, 4, min_last=3) == [(0, 4), (4, 10)]  # tail of 2 < 3: merged
+    assert batch_bounds(11, 4, min_last=3) == [(0, 4), (4, 8), (8, 11)]
+    assert batch_bounds(1, 4, min_last=2) == [(0, 1)]  # nothing to merge into
+
+
+def test_minibatches_bad_arguments():
+    x, t = np.ones((4, 2)), np.zeros(4, dtype=np.int64)
+    with pytest.raises(ValueError, match="batch_size"):
+        minibatches(x, t, 0)
+    with pytest.raises(TypeError, match="batch_size"):
+        minibatches(x, t, 2.5)
+    with pytest.raises(ValueError, match="min_last"):
+        minibatches(x, t, 2, min_last=0)
+    with pytest.raises(ValueError, match="same number of samples"):
+        minibatches(x, t[:3], 2)
+    with pytest.raises(ValueError, match="seed"):
+        minibatches(x, t, 2, seed=-1)

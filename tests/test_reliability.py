@@ -273,9 +273,9 @@ def test_both_paths_refuse_the_same_input(mode):
     with dispatch.use(mode):
         with pytest.raises(TypeError, match="state\\[0\\] has dtype float64"):
             dispatch.optimizer_step(functional.adagrad, p, p.copy(), (np.zeros(5),),
-                                    (0.1, 1e-7, 0.0))
+                                    (0.1, 1e-7, 0.0, 0))
         with pytest.raises(ValueError, match="g has shape"):
-            dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0))
+            dispatch.optimizer_step(functional.sgd, p, np.ones(4, np.float32), (), (0.1, 0.0, 0))
         with pytest.raises(ValueError, match="gamma has shape"):
             dispatch.batchnorm_forward_train(x, np.ones(2), d3, d3 * 0, d3, 0.9, 1e-5)
         with pytest.raises(TypeError, match="x must be a float array"):
@@ -294,3 +294,59 @@ def test_both_paths_refuse_the_same_input(mode):
 def test_flags_are_true_or_false_not_anything_truthy(make, name):
     with pytest.raises(TypeError, match=f"{name} must be True or False"):
         make()
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
+                            "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_an_update_that_overflows_the_parameters_is_named(mode):
+    """Adam at lr 1e38: the first update itself makes parameters Inf. The next step's guard
+    catches it and the error names those parameters, in either mode (skipping cannot bring
+    them back); never trained on silently. The same on NumPy and on the counting backend
+    (which stands for a GPU: decided on the device)."""
+    from accel import opcount
+
+    x, t = toy()
+    runs = {}
+    for name, backend in (("numpy", "numpy"), ("device", opcount.backend())):
+        net = MultiLayerNet(6, [5], 3, backend=backend, seed=0)
+        tr = Trainer(net, optim.Adam(1e38), x, t, epochs=2, batch_size=8, verbose=False,
+                     on_nonfinite=mode, seed=0)
+        with pytest.raises(NonFiniteError, match=r"iteration 2 \(epoch 1\).*parameters") as e:
+            tr.fit()
+        runs[name] = (e.value, to_numpy(net.params.flat), tr.history.iterations, tr.optimizer.t)
+    (err, params, iterations, t_opt), (err_d, params_d, iterations_d, t_d) = runs.values()
+    assert err.iteration == err_d.iteration == 2 and err.names == err_d.names
+    assert set(err.names) >= {"W1"} and iterations == iterations_d == 1 and t_opt == t_d == 1
+    np.testing.assert_array_equal(params, params_d)
+    assert not np.isfinite(params).all()  # what the first update made of them
+
+
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_the_guard_decides_the_same_on_numpy_and_on_a_device(mode):
+    """A NaN gradient at iteration 7: the same iteration named, the same parameters, the same
+    skipped list, on NumPy and on the counting backend."""
+    from accel import opcount
+
+    x, t = toy()
+    out = []
+    for backend in ("numpy", opcount.backend()):
+        net = MultiLayerNet(6, [5, 4], 3, batchnorm=True, backend=backend, seed=0)
+        tr = Trainer(net, optim.Adam(0.01), x, t, epochs=3, batch_size=8, verbose=False,
+                     on_nonfinite=mode, seed=0)
+        _poison(tr, {7}, "W2")
+        try:
+            tr.fit()
+            raised = None
+        except NonFiniteError as e:
+            raised = (e.iteration, e.names)
+        out.append((raised, to_numpy(net.params.flat), to_numpy(net.buffers.flat),
+                    tr.history.skipped, tr.optimizer.t, tr.history.iterations))
+    (r1, p1, b1, s1, t1, i1), (r2, p2, b2, s2, t2, i2) = out
+    assert r1 == r2 and s1 == s2 and t1 == t2 and i1 == i2
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(b1, b2)
+    if mode == "raise":
+        assert r1 == (7, ("W2",)) and t1 == 6 and i1 == 6
+    else:
+        assert r1 is None and s1 == [7] and t1 == 14 and i1 == 15

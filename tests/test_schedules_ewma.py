@@ -25,7 +25,7 @@ def test_schedule_formulas():
 def test_schedule_errors():
     with pytest.raises(ValueError, match="lr0 must be > 0"):
         schedules.ExponentialDecay(0)
-    with pytest.raises(ValueError, match="epoch must be"):
+    with pytest.raises(ValueError, match=r"the epoch or iteration\) must be"):
         schedules.Constant(0.1)(-1)
     with pytest.raises(ValueError, match="interval"):
         schedules.StaircaseDecay(0.1, interval=0)

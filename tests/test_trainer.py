@@ -7,6 +7,7 @@ import pytest
 
 from accel import MultiLayerNet, Trainer, datasets, optim, schedules
 from accel.backend import to_numpy
+from accel.preprocessing import minibatches
 
 
 def toy(n=10, d=4, c=3, seed=0):
@@ -63,11 +64,45 @@ def test_evaluate_every(backend, monkeypatch):
         Trainer(net, optim.SGD(0.1), x, t, evaluate_every=0)
 
 
-def test_batchnorm_skips_a_last_batch_of_one(backend):
-    x, t = toy(n=9)
+class Recording(Trainer):
+    """A Trainer that keeps the labels of every mini-batch it steps on."""
+
+    def step(self, x, t):
+        self.seen = getattr(self, "seen", []) + [to_numpy(t).tolist()]
+        return super().step(x, t)
+
+
+def test_trainer_batches_are_preprocessing_minibatches(backend):
+    """One implementation: the Trainer's first epoch is minibatches(x, t, b, seed)."""
+    x, t = toy(n=10)
+    t = np.arange(10)  # labels that name the sample
+    net = MultiLayerNet(4, [5], 10, backend=backend, seed=0)
+    tr = Recording(net, optim.SGD(0.1), x, t, epochs=2, batch_size=4, seed=7, verbose=False)
+    tr.fit()
+    first = [to_numpy(tb).tolist() for _, tb in minibatches(x, t, 4, seed=7)]
+    assert tr.seen[:3] == first and [len(b) for b in first] == [4, 4, 2]
+    assert sorted(sum(tr.seen[3:], [])) == list(range(10)) and tr.seen[3:] != first
+
+
+@pytest.mark.parametrize("n, batch_size, per_epoch", [(5, 2, 2), (9, 4, 2), (10, 4, 3)])
+def test_batchnorm_merges_a_last_batch_of_one(backend, n, batch_size, per_epoch):
+    """A BatchNorm net cannot train on one sample: that last batch joins the one before,
+    so every sample is still seen each epoch, and iterations_per_epoch() says so."""
+    x, _ = toy(n=n)
+    t = np.arange(n) % 3
     net = MultiLayerNet(4, [5], 3, batchnorm=True, backend=backend, seed=0)
-    h = Trainer(net, optim.SGD(0.1), x, t, epochs=1, batch_size=4, verbose=False).fit()
-    assert h.iterations == 2
+    tr = Recording(net, optim.SGD(0.1), x, t, epochs=3, batch_size=batch_size, seed=1,
+                   verbose=False)
+    assert tr.iterations_per_epoch() == per_epoch
+    h = tr.fit()
+    assert h.iterations == 3 * per_epoch == len(tr.seen)
+    assert min(len(b) for b in tr.seen) >= 2
+    assert sum(len(b) for b in tr.seen) == 3 * n  # nothing dropped
+    expected = minibatches(x, t, batch_size, seed=1, min_last=2)
+    assert tr.seen[:per_epoch] == [to_numpy(tb).tolist() for _, tb in expected]
+    plain = Trainer(MultiLayerNet(4, [5], 3, backend=backend, seed=0), optim.SGD(0.1), x, t,
+                    batch_size=batch_size)
+    assert plain.iterations_per_epoch() == -(-n // batch_size)  # no BatchNorm: no merge
 
 
 def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
@@ -79,6 +114,26 @@ def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
     lines = buf.getvalue().splitlines()
     assert len(lines) == 3 and "\r" not in buf.getvalue()
     assert lines[0].startswith("epoch 1/3") and "test_acc" in lines[0] and "loss" in lines[0]
+
+
+def test_on_a_terminal_each_evaluation_is_a_whole_line_after_the_bar(monkeypatch):
+    """The bar's postfix was cut at the terminal's width (110 columns): the numbers now
+    come as their own line once the epoch's bar is gone."""
+    buf = io.StringIO()
+    monkeypatch.setattr("sys.stderr", buf)
+    monkeypatch.setattr("accel.trainer._interactive", lambda: True)
+    monkeypatch.setenv("COLUMNS", "110")
+    x, t = toy(n=20)
+    net = MultiLayerNet(4, [5], 3, backend="numpy", seed=0)
+    Trainer(net, optim.SGD(0.1), x, t, x, t, validation_data=(x, t), epochs=2,
+            batch_size=5).fit()
+    lines = [seg for line in buf.getvalue().splitlines() for seg in line.split("\r")]
+    summaries = [seg for seg in lines if seg.startswith("epoch ") and "  loss " in seg]
+    assert len(summaries) == 2
+    for line in summaries:
+        assert all(k in line for k in ("train_acc", "val_acc", "test_acc", " lr 0.1  ("))
+        assert line.rstrip().endswith("s)") and len(line) <= 110
+    assert not any("|" in seg and "test_acc" in seg for seg in lines)  # not in a bar
 
 
 def test_bad_trainer_arguments():
