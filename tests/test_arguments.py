@@ -105,7 +105,7 @@ def BOOL(v):
     return isinstance(v, (bool, np.bool_))
 
 
-def LATE_EPOCH(v):  # a decaying schedule reaches lr 0 (refused) at a late enough epoch
+def LATE_T(v):  # a decaying schedule reaches lr 0 (refused) at a late enough epoch
     return None if NONNEG(v) else False
 
 
@@ -189,8 +189,8 @@ def _trainer(**kw):
 
 def _schedule(cls, **fixed):
     def call(**kw):
-        epoch = kw.pop("epoch", 3)
-        return cls(**{**fixed, **kw})(epoch)
+        t = kw.pop("t", 3)  # the epoch or iteration
+        return cls(**{**fixed, **kw})(t)
     return call
 
 
@@ -202,7 +202,8 @@ SPECS = {
         "activation": choice("relu", "sigmoid", "tanh"), "weight_init": ANY,
         "weight_decay": NONNEG, "batchnorm": BOOL, "dropout": UNIT, "dtype": FLOAT_DTYPE,
         "backend": ANY, "seed": SEED, "bn_momentum": UNIT, "bn_eps": POS,
-        "bn_running_var_init": NONNEG, "dropout_inverted": BOOL}),
+        "bn_running_var_init": NONNEG, "dropout_inverted": BOOL,
+        "output": lambda v: False if not isinstance(v, str) else None, "decay_mask": ANY}),
     "net.predict": (lambda **kw: _net().predict(**kw), dict(x=X), {"x": ANY, "train": BOOL}),
     "net.loss": (lambda **kw: _net().loss(**kw), dict(x=X, t=T),
                  {"x": ANY, "t": ANY, "train": BOOL}),
@@ -219,32 +220,33 @@ SPECS = {
         "lr": POS, "weight_decay": NONNEG,
         **({"momentum": UNIT} if cls in (optim.Momentum, optim.Nesterov) else {}),
         **({"dampening": UNIT} if cls is optim.Momentum else {}),
-        **({"eps": POS} if cls in (optim.AdaGrad, optim.RMSProp, optim.Adam, optim.AdamW)
-           else {}),
+        **({"eps": POS} if cls in (optim.AdaGrad, optim.RMSProp, optim.Adam, optim.AdamW,
+                                   optim.AdaDelta) else {}),
         **({"decay_rate": UNIT} if cls is optim.RMSProp else {}),
         **({"beta1": UNIT, "beta2": UNIT, "folded": BOOL}
            if cls in (optim.Adam, optim.AdamW) else {}),
-        "params": ANY, "grads": ANY})
+        **({"rho": UNIT} if cls is optim.AdaDelta else {}),
+        "decay_mask": ANY, "clip_norm": optional(POS), "params": ANY, "grads": ANY})
        for cls in (optim.SGD, optim.Momentum, optim.Nesterov, optim.AdaGrad, optim.RMSProp,
-                   optim.Adam, optim.AdamW)},
+                   optim.Adam, optim.AdamW, optim.AdaDelta)},
     "optim.get_optimizer": (lambda **kw: optim.get_optimizer(**kw), dict(name="adam"),
                             {"name": choice(*optim.OPTIMIZERS), "lr": POS}),
     "optimizer.load_state_dict": (lambda **kw: optim.Adam().load_state_dict(**kw),
                                   dict(state_dict=optim.Adam().state_dict()),
                                   {"state_dict": ANY, "backend": ANY}),
     "schedules.StepDecay": (_schedule(schedules.StepDecay), dict(lr0=0.1),
-                            {"lr0": LR0, "step": POS_INT, "factor": None, "epoch": LATE_EPOCH}),
+                            {"lr0": LR0, "step": POS_INT, "factor": None, "t": LATE_T}),
     "schedules.ExponentialDecay": (_schedule(schedules.ExponentialDecay), dict(lr0=0.1),
-                                   {"lr0": LR0, "base": None, "epoch": LATE_EPOCH}),
+                                   {"lr0": LR0, "base": None, "t": LATE_T}),
     "schedules.InverseSqrtDecay": (_schedule(schedules.InverseSqrtDecay), dict(lr0=0.1),
-                                   {"lr0": LR0, "epoch": NONNEG}),
+                                   {"lr0": LR0, "t": NONNEG}),
     "schedules.InverseTimeDecay": (_schedule(schedules.InverseTimeDecay), dict(lr0=0.1),
-                                   {"lr0": LR0, "rate": RATE, "epoch": NONNEG}),
+                                   {"lr0": LR0, "rate": RATE, "t": NONNEG}),
     "schedules.StaircaseDecay": (_schedule(schedules.StaircaseDecay), dict(lr0=0.1),
                                  {"lr0": LR0, "rate": RATE, "interval": POS_INT,
-                                  "epoch": NONNEG}),
+                                  "t": NONNEG}),
     "schedules.Constant": (_schedule(schedules.Constant), dict(lr0=0.1),
-                           {"lr0": LR0, "epoch": NONNEG}),
+                           {"lr0": LR0, "t": NONNEG}),
     "layers.Affine": (lambda **kw: layers.Affine(**kw).forward(X),
                       dict(W=np.ones((4, 2), np.float32), b=np.zeros(2, np.float32)),
                       {"W": ANY, "b": ANY}),
@@ -262,7 +264,17 @@ SPECS = {
         "evaluate_every": POS_INT, "max_iterations": optional(POS_INT), "seed": SEED,
         "validation_data": ANY, "on_evaluate": ANY,
         "record_loss": choice("before_update", "after_update"), "checkpoint_dir": ANY,
-        "checkpoint_every": ANY, "resume": ANY, "on_nonfinite": ANY}),
+        "checkpoint_every": ANY, "resume": ANY, "on_nonfinite": ANY,
+        "schedule_unit": choice("epoch", "iteration")}),
+    "EarlyStopping": (lambda **kw: _trainer(on_evaluate=accel.EarlyStopping(**kw),
+                                            validation_data=(X, T), epochs=2).fit(), {},
+                      {"metric": choice("val_acc", "train_acc", "test_acc", "val_loss",
+                                        "train_loss"),
+                       "patience": NONNEG_INT, "min_delta": NONNEG, "restore_best": BOOL}),
+    "preprocessing.minibatches": (lambda **kw: preprocessing.minibatches(**kw),
+                                  dict(x=X, t=T, batch_size=5),
+                                  {"x": ANY, "t": ANY, "batch_size": POS_INT, "seed": ANY,
+                                   "min_last": ANY}),
     "trainer.save_checkpoint": (lambda **kw: _trainer().save_checkpoint(**kw),
                                 dict(path=None), {"path": ANY}),
     "trainer.load_checkpoint": (lambda **kw: _trainer().load_checkpoint(**kw),
