@@ -163,18 +163,20 @@ def thresholds_worker():
                 lib.set_num_threads(threads)
             row[f"threads_{threads}_s"] = _median(lambda: a @ b)
         products.append(row)
+    from accel import functional as F
+
     mod = dispatch.kernels("optim", "cpu")
     record = np.zeros(guard_record.FLAGS, np.int64)
-    scalars = (0.9, 0.999, 1e-8, 1e-3, 10.0, 0.0, 0.0, 1.0)
+    scalars = (0.9, 0.999, 1e-8, 1e-3, 10.0, 0.0, 0.0, 1.0, 0.0)
     kernels = []
     for size in KERNEL_SIZES:
         p, g = rng.standard_normal(size, dtype=np.float32), rng.standard_normal(
             size, dtype=np.float32)
-        m, v = np.zeros_like(p), np.zeros_like(p)
+        m, v, clip = np.zeros_like(p), np.zeros_like(p), F.clip_array(p)
         row = dict(size=size)
         for how, table in (("serial", mod.SERIAL), ("parallel", mod.KERNELS)):
             kernel = table["adam"]
-            row[f"{how}_s"] = _median(lambda: kernel(p, g, m, v, *scalars, record))
+            row[f"{how}_s"] = _median(lambda: kernel(p, g, m, v, clip, *scalars, record))
         kernels.append(row)
     return dict(products=products, kernels=kernels, layer=numba.threading_layer(),
                 cores=cores)
@@ -232,7 +234,11 @@ def run(kind, workload, a, env_extra=()):
     cmd = [sys.executable, __file__, "--worker", f"{who}:{workload}:{how}",
            "--iterations", str(a.iterations), "--trials", str(a.trials), "--steps",
            str(a.steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                              timeout=a.timeout)
+    except subprocess.TimeoutExpired:
+        return float(a.timeout)  # a lower bound: the JSON lists the runs that hit it
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} {workload} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
@@ -321,6 +327,9 @@ def main(argv=None):
                     help="trainings of the search work (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=200,
                     help="steps per search training (default: %(default)s)")
+    ap.add_argument("--timeout", type=float, default=240,
+                    help="seconds a run may take; a run stopped there counts as that long, a "
+                         "lower bound (default: %(default)s)")
     ap.add_argument("--no-torch", action="store_true", help="accel's rows only")
     ap.add_argument("--no-thresholds", action="store_true",
                     help="skip the products and kernels by size (the thresholds' evidence)")
@@ -340,6 +349,7 @@ def main(argv=None):
     times = {w: {c: {cfg: [] for cfg in configs} for c in ("quiet", "busy")}
              for w in ("optimizers", "search")}
     split = {"1 worker": [], "2 workers": []}
+    timed_out = []
     load_before = os.getloadavg()[0]
     for r in range(a.rounds):
         for condition in ("quiet", "busy"):
@@ -351,8 +361,11 @@ def main(argv=None):
                     else:
                         s = run(cfg, workload, a)
                     times[workload][condition][cfg].append(s)
+                    if s >= a.timeout:
+                        timed_out.append(f"round {r + 1} {condition} {workload} {cfg}")
                     print(f"round {r + 1}/{a.rounds} {condition:5s} {workload:10s} "
-                          f"{cfg:13s} {s:7.2f} s", flush=True)
+                          f"{cfg:13s} {s:7.2f} s" + (" (stopped: at least)"
+                                                      if s >= a.timeout else ""), flush=True)
         for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
             split[f"{workers} worker{'s' if workers > 1 else ''}"].append(
                 search_split(a, workers))
@@ -396,7 +409,8 @@ def main(argv=None):
                 cpus=os.cpu_count(), platform=platform.platform(),
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
                 load_before=load_before, load_after=os.getloadavg()[0],
-                command=" ".join(["python", *sys.argv]), targets=targets)
+                command=" ".join(["python", *sys.argv]), targets=targets,
+                timeout=a.timeout, timed_out=timed_out)
     (out / "thread_policy.json").write_text(json.dumps(
         dict(meta=meta, summary=summary, ratios=ratios, times=times, search_split=split,
              thresholds=measured_thresholds), indent=1))

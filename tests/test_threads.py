@@ -113,3 +113,22 @@ def test_defaults_give_the_same_bits_with_one_and_two_threads(tmp_path):
         subprocess.run([sys.executable, "-c", CODE, str(tmp_path / f"{n}.npy")], env=env,
                        check=True, capture_output=True)
     np.testing.assert_array_equal(np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy"))
+
+
+def test_numba_runs_the_parallel_kernels_on_the_workqueue_layer(tmp_path):
+    """Unless NUMBA_THREADING_LAYER says otherwise: measured to stall least with a busy
+    core (benchmarks/thread_policy.py)."""
+    code = ("import numpy as np, numba\nfrom accel import dispatch\n"
+            "mod = dispatch.kernels('optim', 'cpu')\np = np.zeros(10, np.float32)\n"
+            "mod.KERNELS['sgd'](p, p.copy(), np.ones(2), 0.1, 0.0, 10.0, np.zeros(4, np.int64))\n"
+            "print(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[-1] == "workqueue"
+    env["NUMBA_THREADING_LAYER"] = "omp"  # the user's choice stands
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode and "omp" in proc.stderr:
+        pytest.skip("Numba's OpenMP layer is not available here")
+    assert proc.stdout.split()[-1:] == ["omp"]
