@@ -103,7 +103,7 @@ def path(name: str, value):
 
 
 def callable_(name: str, value):
-    """A function (or other callable), not a class's instance of something else."""
+    """A function (or another callable object)."""
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {value!r:.200}")
     return value

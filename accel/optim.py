@@ -169,9 +169,9 @@ class Optimizer:
         if not pairs:
             return
         scalars = self.scalars()
-        clip = self._clip_factor(pairs)
         applied = 0
         try:
+            clip = self._clip_factor(pairs)
             for key, p, g, decayed in pairs:
                 state = self.state.get(key)
                 if state is None:
