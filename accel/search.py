@@ -94,6 +94,7 @@ PRUNERS = ("none", "median", "hyperband")
 DIRECTIONS = ("maximize", "minimize")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 METRICS = ("val_acc", "train_acc", "test_acc")  # History's accuracy lists
+MAX_RETRY = 3  # times a trial whose worker died is queued again
 
 
 class StorageUnavailableError(RuntimeError):
@@ -255,7 +256,7 @@ def pruner(name: str = "none", *, epochs: int | None = None, startup_trials: int
 
 
 def storage(url: str | None = None, *, heartbeat_interval: int = 5,
-            grace_period: int | None = None, max_retry: int | None = 3):
+            grace_period: int | None = None, max_retry: int | None = MAX_RETRY):
     """An Optuna RDB storage at ``url`` ("sqlite:///path/to/file.db",
     "postgresql+psycopg://user@host:port/db"; a plain "postgresql://" uses psycopg, the
     driver of the ``[postgres]`` extra), or an in-memory one when ``url`` is None.
@@ -279,8 +280,7 @@ def storage(url: str | None = None, *, heartbeat_interval: int = 5,
             u.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period or 4 * heartbeat_interval,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=max_retry))
+            heartbeat_stale_trial_callback=_retry_callback(max_retry))
 
 
 def _parse_url(url, name="url"):
@@ -574,9 +574,15 @@ class _Objective:
         self.objective, self.space, self.lock = objective, space, lock
 
     def __call__(self, trial):
+        # Still under the study lock: the trial's first heartbeat, then the mark that it
+        # started. A worker that dies from here on leaves a trial whose heartbeat stops (and
+        # is retried); one that died since its trial was created leaves a trial without the
+        # mark, which the next worker to hold the lock retries (_retry_unstarted).
+        _first_heartbeat(trial)
+        trial.set_user_attr("started", trial.number)
+        trial.set_user_attr("worker", _worker_name())
         self.lock.release()
         try:
-            trial.set_user_attr("worker", _worker_name())
             params = suggest(trial, self.space)
             out = self.objective(params, trial)
             score, info = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
@@ -596,6 +602,36 @@ class _Objective:
             return score
         finally:
             self.lock.acquire()
+
+
+def _first_heartbeat(trial) -> None:
+    """Record the trial's first heartbeat now, not when Optuna's heartbeat thread first runs:
+    a trial without any heartbeat is never found stale."""
+    store = getattr(trial, "storage", None)
+    if getattr(store, "heartbeat_interval", None) and hasattr(trial, "_trial_id"):
+        store.record_heartbeat(trial._trial_id)
+
+
+def _retry_unstarted(study) -> None:
+    """Fail and re-queue (as a stale trial is) every running trial that never started: its
+    worker died between creating it and starting its objective. Called under the study lock,
+    which a live worker holds through that whole interval, so such a trial is a dead one."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("started") == t.number:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # finished meanwhile
+        with _quiet():
+            _retry_callback()(study, t)
+
+
+def _retry_callback(max_retry: int | None = MAX_RETRY):
+    """What a trial that lost its worker gets: re-queued with its parameters (at most
+    ``max_retry`` times)."""
+    with _quiet():
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
 
 def _counts(study) -> dict:
@@ -651,6 +687,7 @@ def _work(how, objective, space, n_trials, poll=0.5, blas_threads=None, max_fail
             try:
                 with _quiet():
                     optuna.storages.fail_stale_trials(study)
+                _retry_unstarted(study)
                 c = _counts(study)
                 done = sum(c[s] for s in DONE)
                 if done >= n_trials:

@@ -142,6 +142,31 @@ def test_each_stale_trial_is_retried_exactly_once(where, tmp_path, request, monk
             assert t.params == by_number[t.system_attrs["failed_trial"]]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_a_trial_whose_worker_died_before_starting_it_is_retried(where, tmp_path, request):
+    """A worker killed between creating its trial and starting the objective leaves a running
+    trial without any heartbeat, which Optuna never finds stale: the study used to wait for
+    it forever."""
+    url = url_for(where, tmp_path, request, "died_early")
+    kw = {"study_name": "early", "storage_url": url, "seed": 0, "heartbeat_interval": 1,
+          "grace_period": 1, "poll": 0.1}
+    search.run_study(toy, search.BOOK_SPACE, 1, **kw)
+    store = search.storage(url, heartbeat_interval=1, grace_period=1)
+    dead = optuna.load_study(study_name="early", storage=store).ask()  # and then it died
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault(
+        "study", search.run_study(toy, search.BOOK_SPACE, 3, **kw)), daemon=True)
+    th.start()
+    th.join(30)
+    assert not th.is_alive(), "the study is still waiting for the dead worker's trial"
+    trials = out["study"].get_trials(deepcopy=False)
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [dead.number]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+
+
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
 def test_no_trial_is_left_failed_by_the_bookkeeping(where, tmp_path, request, monkeypatch):
     """Two machines count the free places at the same moment (the window between counting
