@@ -157,6 +157,11 @@ def to_numpy(a):
 
 def to_device(a, backend: str | Backend = "auto", dtype=None):
     """``a`` as an array of ``backend`` (copied to the GPU for CuPy)."""
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except (TypeError, ValueError):
+            raise TypeError(f"dtype={dtype!r:.100} is not a dtype (e.g. np.float32)") from None
     return get_backend(backend).asarray(a, dtype=dtype)
 
 

@@ -46,12 +46,14 @@ except ImportError:  # not on Windows: no directory lock there
 
 import numpy as np
 
+from . import checks
 from .backend import array_module, to_numpy
 
 FORMAT = "accel-checkpoint"
 FORMAT_VERSION = 2
 
 HEADER_NAME = "header.json"
+LOCK_NAME = ".lock"  # in a checkpoint folder: held (flock) by the run writing into it
 MAX_HEADER_BYTES = 16 * 2**20
 _NPY_HEADER_SLACK = 2**16 + 16  # an .npy header is at most 64 KiB
 _ARRAY_KINDS = "biuf"  # bool, ints, floats: never objects (no pickles in a checkpoint)
@@ -131,12 +133,29 @@ def place_arrays(state: dict, arrays: dict, path) -> dict:
     return state
 
 
-def save(path, state: dict, kind: str) -> Path:
+def save(path, state: dict, kind: str, *, lock: DirectoryLock | None = None) -> Path:
     """Write ``state`` (a nested dict of JSON data and arrays on any backend) to ``path``,
-    atomically, as a checkpoint of ``kind`` ("network", "trainer", ...). Returns the path."""
+    atomically, as a checkpoint of ``kind`` ("network", "trainer", ...). Returns the path.
+
+    A folder that has a lock file (a Trainer's checkpoint folder) is written only under its
+    lock: ``lock`` when the caller holds it, else taken for this write (DirectoryInUseError
+    when another run holds it)."""
+    path = Path(checks.path("path", path))
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict (a state_dict()), got {state!r:.100}")
+    if path.is_dir():
+        raise IsADirectoryError(f"path {str(path)!r} is a folder: give a file name in it, e.g. "
+                                f"{str(path / 'checkpoint.npz')!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if (lock is None or not lock.holds(folder)) and (folder / LOCK_NAME).exists():
+        with DirectoryLock(folder) as held:
+            return save(path, state, kind, lock=held)
+    return _save(path, folder, state, kind)
+
+
+def _save(path: Path, folder: Path, state: dict, kind: str) -> Path:
     from . import __version__
 
-    path = Path(path)
     rest, arrays = split_arrays(state)
     host = {}
     for name, a in arrays.items():
@@ -150,7 +169,6 @@ def save(path, state: dict, kind: str) -> Path:
                        for name, a in host.items()}}
     blob = json.dumps(full, allow_nan=True, separators=(",", ":")).encode("utf-8")
 
-    folder = path.parent if str(path.parent) else Path(".")
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -198,6 +216,7 @@ class DirectoryLock:
     crashes, so a lock is never left behind; a second run (another process, or another
     Trainer in this one) is refused with DirectoryInUseError. On entry, temporary files that
     a killed save left behind (``.<name>.*.tmp``) are removed: no other writer can be at work.
+    Once a folder has the lock file, every ``save`` into it goes through the lock.
     """
 
     def __init__(self, folder):
@@ -206,7 +225,7 @@ class DirectoryLock:
 
     def __enter__(self):
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -214,8 +233,9 @@ class DirectoryLock:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
                 os.close(fd)
                 raise DirectoryInUseError(
-                    f"checkpoint_dir {str(self.folder)!r} is in use by another run ({holder});"
-                    " give each run its own folder, or wait for that one to end") from None
+                    f"checkpoint folder {str(self.folder)!r} is in use by another run "
+                    f"({holder}); give each run its own folder, or wait for that one to "
+                    "end") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
                   0)
@@ -226,6 +246,15 @@ class DirectoryLock:
             except OSError:
                 pass
         return self
+
+    def holds(self, folder) -> bool:
+        """True while this lock is held and ``folder`` is its folder (links followed)."""
+        if self._fd is None:
+            return False
+        try:
+            return os.path.samefile(self.folder, folder)
+        except OSError:
+            return False
 
     def __exit__(self, *exc):
         if self._fd is not None:
@@ -257,7 +286,7 @@ def load(path) -> dict:
 
     Raises FileNotFoundError when there is no file, CheckpointError for anything wrong
     inside it."""
-    path = Path(path)
+    path = Path(checks.path("path", path))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     with open(path, "rb") as f:

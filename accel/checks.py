@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -92,16 +93,34 @@ def boolean(name: str, value) -> bool:
     return bool(value)
 
 
+def path(name: str, value):
+    """A file or folder path: str or os.PathLike (not bytes, not a number)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or pathlib.Path), got {value!r:.200}")
+    if "\0" in os.fspath(value):
+        raise ValueError(f"{name}={value!r:.200} contains a null byte")
+    return value
+
+
+def callable_(name: str, value):
+    """A function (or another callable object)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {value!r:.200}")
+    return value
+
+
 def optional(check, name: str, value, **kwargs):
     """None, or ``check(name, value, **kwargs)``."""
     return None if value is None else check(name, value, **kwargs)
 
 
 def one_of(name: str, value, choices):
-    """``value`` in ``choices`` (strings compared case-insensitively)."""
+    """``value`` in ``choices`` (strings compared case-insensitively; None only when it is
+    one of the choices)."""
     key = value.lower() if isinstance(value, str) else value
-    if key not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {sorted(choices)}")
+    if not (isinstance(key, str) or key is None) or key not in choices:
+        shown = sorted(choices, key=str)
+        raise ValueError(f"{name}={value!r:.200} is not one of {shown}")
     return key
 
 
@@ -133,12 +152,28 @@ def host_rng(name: str, value) -> np.random.Generator:
 # -- arrays
 
 
+def dtype(name: str, value, kinds: str = "biuf"):
+    """``value`` as a NumPy dtype of one of ``kinds`` (never None, which NumPy reads as
+    float64)."""
+    try:
+        dt = None if value is None else np.dtype(value)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None:
+        raise TypeError(f"{name}={value!r:.200} is not a dtype (e.g. np.float32)")
+    if dt.kind not in kinds:
+        raise TypeError(f"{name} must be a numeric dtype, got {dt}")
+    return dt
+
+
 def floating_dtype(name: str, dtype):
     """``dtype`` as float32 or float64."""
     try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"{name}={dtype!r} is not a dtype") from exc
+        dt = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None:
+        raise TypeError(f"{name}={dtype!r:.200} is not a dtype (use np.float32 or np.float64)")
     if dt not in (np.float32, np.float64):
         raise TypeError(f"{name} must be float32 or float64, got {dt}")
     return dt

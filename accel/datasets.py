@@ -108,6 +108,7 @@ _SPLITS = {
 }
 
 IDX_DATASETS = ("mnist", "fashion-mnist")
+MAX_GENERATED = 10**8  # points of a generated dataset (1.6 GB of float64 pairs)
 GENERATED = ("moons", "circles", "spiral")
 DATASETS = IDX_DATASETS + GENERATED
 
@@ -146,6 +147,8 @@ class DatasetNotFoundError(FileNotFoundError):
 def cache_dir(name: str | None = None) -> Path:
     """The user cache: ``$XDG_CACHE_HOME/accel`` (default ``~/.cache/accel``), or its
     ``<name>`` subfolder."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a dataset name (str), got {name!r:.100}")
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     root = Path(base).expanduser() / "accel"
     return root / name if name else root
@@ -153,6 +156,9 @@ def cache_dir(name: str | None = None) -> Path:
 
 def search_dirs(name: str, data_dir=None) -> list[tuple[str, Path]]:
     """The folders searched for dataset ``name``, in order, as (label, folder) pairs."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a dataset name (str), got {name!r:.100}")
+    checks.optional(checks.path, "data_dir", data_dir)
     dirs = []
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
@@ -243,13 +249,21 @@ def _parse_idx(data: bytes, path) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
+def _sha256(name, value):
+    if not (isinstance(value, str) and len(value) == 64 and
+            all(c in "0123456789abcdefABCDEF" for c in value)):
+        raise ValueError(f"{name} must be 64 hexadecimal digits, got {value!r:.100}")
+    return value
+
+
 def load_idx(path, sha256: str | None = None) -> np.ndarray:
     """The array stored in the IDX file ``path`` (gzipped or not), in native byte order.
 
     With ``sha256``, the decompressed content must have that SHA-256. Any problem raises
     CorruptFileError naming the file.
     """
-    path = Path(path)
+    path = Path(checks.path("path", path))
+    checks.optional(_sha256, "sha256", sha256)
     if not path.is_file():
         raise FileNotFoundError(f"no IDX file at {path}")
     data = _read_bytes(path, sha256)
@@ -395,9 +409,11 @@ def _check_generated_args(n_samples, noise, n_classes_min, n_classes):
     checks.integer("n_samples", n_samples)
     if n_samples < 2 * n_classes:
         raise ValueError(
-            f"n_samples={n_samples} is too small for {n_classes} classes "
+            f"n_samples={n_samples} is too small for n_classes={n_classes} "
             f"(need at least {2 * n_classes})"
         )
+    if n_samples > MAX_GENERATED:
+        raise ValueError(f"n_samples={n_samples} is more than {MAX_GENERATED} points")
     checks.number("noise", noise, low=0)
     if n_classes < n_classes_min:
         raise ValueError(f"n_classes must be >= {n_classes_min}, got {n_classes!r}")
@@ -455,11 +471,19 @@ def spiral(n_samples: int = 900, n_classes: int = 3, noise: float = 0.2, seed=0)
 
 
 def _stratified_split(x, t, test_fraction, rng):
-    """Split class by class (so both parts stay balanced), then shuffle each part."""
+    """Split class by class (so both parts stay balanced), then shuffle each part. Each class
+    puts round(test_fraction · its size) samples in the test part: at least one, and at
+    least one stays for training (ValueError otherwise)."""
     train_idx, test_idx = [], []
     for k in np.unique(t):
         idx = rng.permutation(np.flatnonzero(t == k))
         n_test = int(round(test_fraction * idx.size))
+        if not 1 <= n_test <= idx.size - 1:
+            raise ValueError(
+                f"test_fraction={test_fraction} of n_samples={t.size} puts {n_test} of class "
+                f"{k}'s {idx.size} samples in the test part and {idx.size - n_test} in the "
+                "training part; each part needs at least one of every class (raise n_samples "
+                "or change test_fraction)")
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     tr = rng.permutation(np.concatenate(train_idx))
@@ -510,9 +534,9 @@ def load(
     if not isinstance(name, str) or name.lower() not in DATASETS:
         raise ValueError(f"unknown dataset name={name!r}; choose one of {', '.join(DATASETS)}")
     name = name.lower()
-    if split not in ("both", "train", "test"):
-        raise ValueError(f"split={split!r} is not one of 'both', 'train', 'test'")
+    split = checks.one_of("split", split, ("both", "train", "test"))
     dt = checks.floating_dtype("dtype", dtype)
+    checks.optional(checks.path, "data_dir", data_dir)
     for flag, value in (("normalize", normalize), ("flatten", flatten), ("one_hot", one_hot),
                         ("download", download)):
         checks.boolean(flag, value)

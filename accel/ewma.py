@@ -14,7 +14,11 @@ from . import checks
 def ewma(values, beta: float = 0.9, bias_correction: bool = True) -> np.ndarray:
     """The EWMA of a 1-D sequence, as a float64 array of the same length."""
     checks.in_unit_interval("beta", beta)
-    values = np.asarray(values, dtype=np.float64)
+    checks.boolean("bias_correction", bias_correction)
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"values must be a 1-D sequence of numbers, got {values!r:.200}") from None
     if values.ndim != 1:
         raise ValueError(f"values must be 1-D, got shape {values.shape}")
     out = np.empty_like(values)
@@ -34,8 +38,12 @@ class EWMA:
         self.value, self.t = 0.0, 0
 
     def update(self, x) -> float:
+        try:
+            x = float(x)
+        except (TypeError, ValueError):
+            raise TypeError(f"x must be a number, got {x!r:.200}") from None
         self.t += 1
-        self.value = self.beta * self.value + (1 - self.beta) * float(x)
+        self.value = self.beta * self.value + (1 - self.beta) * x
         return self.average
 
     @property

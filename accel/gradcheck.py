@@ -7,6 +7,7 @@ verdict bands: < 1e-7 fine, around 1e-5 look closer, > 1e-3 almost surely a bug.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,11 @@ def relative_difference(g, g_num, atol: float = 1e-8) -> float:
     a two-sided difference (≈ ε·|J|/h per element), as for the bias of a layer followed by
     BatchNorm, where the ratio of two noises would score a meaningless ~1.
     """
+    checks.non_negative("atol", atol)
     g, g_num = to_numpy(g), to_numpy(g_num)
+    for name, a in (("g", g), ("g_num", g_num)):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be an array of numbers, got dtype {a.dtype}")
     if g.shape != g_num.shape:
         raise ValueError(f"g and g_num must have the same shape, got {g.shape} and "
                          f"{g_num.shape}")
@@ -34,7 +39,12 @@ def relative_difference(g, g_num, atol: float = 1e-8) -> float:
 
 
 def verdict(diff: float) -> str:
-    """The course's reading of a relative difference."""
+    """The course's reading of a relative difference (NaN reads "wrong")."""
+    if isinstance(diff, bool) or not isinstance(diff, numbers.Real):
+        raise TypeError(f"diff must be a relative difference (a number >= 0), got "
+                        f"{diff!r:.100}")
+    if diff < 0:
+        raise ValueError(f"diff must be >= 0, got {diff!r}")
     if diff < 1e-7:
         return "fine"
     if diff <= 1e-3:
@@ -45,6 +55,7 @@ def verdict(diff: float) -> str:
 def numerical_gradient(f, x, h: float = 1e-5):
     """Two-sided difference of the scalar function ``f()`` w.r.t. the array ``x``, which ``f``
     reads; ``x`` is perturbed in place one element at a time and restored exactly."""
+    checks.callable_("f", f)
     checks.positive("h", h)
     if not hasattr(x, "dtype") or x.dtype.kind != "f":
         raise TypeError(f"x must be a float array (perturbed in place), got "
@@ -91,6 +102,10 @@ def check_network(network, x, t, h: float = 1e-5) -> GradCheckResult:
     evaluation, but the train-mode loss does not read them, so the check stays exact.
     """
     checks.positive("h", h)
+    if not all(hasattr(network, a) for a in ("dtype", "dropout", "prepare", "loss_and_grads",
+                                             "params")):
+        raise TypeError(f"network must be a network such as accel.MultiLayerNet(...), got "
+                        f"{network!r:.200}")
     if network.dtype != np.float64:
         raise TypeError(f"gradient checking needs dtype float64, the network has "
                         f"{network.dtype} (build it with dtype=np.float64)")

@@ -37,6 +37,9 @@ class History:
     @classmethod
     def from_dict(cls, d: dict) -> History:
         """The History ``to_dict`` described (unknown keys refused; arrays become lists)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"History.from_dict needs a dict (what to_dict returns), got "
+                            f"{d!r:.200}")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

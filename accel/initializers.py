@@ -27,6 +27,8 @@ ALIASES = {"sigmoid": "xavier", "relu": "he"}
 
 def weight_std(weight_init, n_in: int, n_out: int) -> float:
     """The standard deviation for a (n_in, n_out) weight matrix."""
+    checks.integer("n_in", n_in, low=1)
+    checks.integer("n_out", n_out, low=1)
     if isinstance(weight_init, numbers.Real) and not isinstance(weight_init, bool):
         return checks.number("weight_init std", weight_init, low=0)
     if isinstance(weight_init, str):
@@ -39,5 +41,14 @@ def weight_std(weight_init, n_in: int, n_out: int) -> float:
 
 def init_weight(rng, weight_init, n_in: int, n_out: int, dtype):
     """A (n_in, n_out) array drawn from N(0, std²) with ``rng`` (a backend generator)."""
+    if not callable(getattr(rng, "standard_normal", None)):
+        raise TypeError(f"rng must be a random generator (numpy.random.default_rng(seed), or "
+                        f"a backend's rng(seed)), got {rng!r:.100}")
+    dtype = checks.floating_dtype("dtype", dtype)
     std = weight_std(weight_init, n_in, n_out)
-    return rng.standard_normal((n_in, n_out), dtype=dtype) * dtype.type(std)
+    try:
+        w = rng.standard_normal((n_in, n_out), dtype=dtype)
+    except (ValueError, MemoryError) as exc:
+        raise ValueError(f"a weight matrix of n_in={n_in} by n_out={n_out} does not fit in "
+                         f"memory ({exc})") from None
+    return w * dtype.type(std)

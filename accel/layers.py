@@ -11,6 +11,8 @@ buffers of their own instead (``accel.dispatch.Site``): no allocation per step.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import checks, dispatch
 from . import functional as F
 from .backend import array_module
@@ -24,6 +26,15 @@ def _float_input(name, x, ndim=None):
                         f"{dtype if dtype is not None else type(x).__name__} (convert it first)")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+
+
+def _param(name, a):
+    """A layer's parameter: a float array (NumPy or CuPy), refused by name otherwise."""
+    if not (hasattr(a, "dtype") and hasattr(a, "shape") and hasattr(a, "ndim")) or \
+            isinstance(a, np.generic):
+        raise TypeError(f"{name} must be a float array, got {a!r:.100}")
+    _float_input(name, a)
+    return a
 
 
 def _grad_like(p, given, name):
@@ -54,6 +65,7 @@ class Affine:
     """out = x·W + b, with x of any rank flattened to (N, -1)."""
 
     def __init__(self, W, b, dW=None, db=None):
+        _param("W", W), _param("b", b)
         if W.ndim != 2 or b.shape != (W.shape[1],):
             raise ValueError(f"W must be (n_in, n_out) and b (n_out,), got {W.shape} and {b.shape}")
         if W.dtype != b.dtype:
@@ -145,6 +157,7 @@ class ReLU(_Activation):
         self.mask = None
 
     def forward(self, x, train: bool = False):
+        _float_input("x", x)
         self.mask = x > 0
         return x * self.mask
 
@@ -158,6 +171,7 @@ class Sigmoid(_Activation):
     code = F.SIGMOID
 
     def forward(self, x, train: bool = False):
+        _float_input("x", x)
         xp = array_module(x)
         self.out = 0.5 * (1 + xp.tanh(0.5 * x))
         return self.out
@@ -172,6 +186,7 @@ class Tanh(_Activation):
     code = F.TANH
 
     def forward(self, x, train: bool = False):
+        _float_input("x", x)
         self.out = array_module(x).tanh(x)
         return self.out
 
@@ -226,6 +241,7 @@ class BatchNorm:
 
     def __init__(self, gamma, beta, momentum: float = 0.9, eps: float = 1e-5,
                  running_mean=None, running_var=None, dgamma=None, dbeta=None):
+        _param("gamma", gamma), _param("beta", beta)
         if gamma.ndim != 1 or beta.shape != gamma.shape:
             raise ValueError(f"gamma and beta must be (D,), got {gamma.shape} and {beta.shape}")
         self.momentum = checks.in_unit_interval("momentum", momentum)
@@ -296,6 +312,8 @@ class SoftmaxWithLoss:
         checked once before a training loop (``MultiLayerNet.prepare``)."""
         _float_input("x", x, ndim=2)
         n = x.shape[0]
+        if n == 0:
+            raise ValueError(f"x is empty (shape {tuple(x.shape)})")
         if check:
             t = checks.labels("t", t, n, x.shape[1])
         elif getattr(t, "shape", (None,))[0] != n:

@@ -81,8 +81,14 @@ class MultiLayerNet:
         shapes = param_shapes(sizes, self.batchnorm)
         weights = [k for k in shapes if k[0] == "W"]
         layout = weights + [k for k in shapes if k[0] != "W"]
-        self.params = allocate(xp, shapes, self.dtype, layout, weights=weights)
-        self.grads = allocate(xp, shapes, self.dtype, layout, weights=weights)
+        try:
+            self.params = allocate(xp, shapes, self.dtype, layout, weights=weights)
+            self.grads = allocate(xp, shapes, self.dtype, layout, weights=weights)
+        except (ValueError, MemoryError) as exc:  # sizes no memory can hold
+            n = sum(int(np.prod(shape, dtype=object)) for shape in shapes.values())
+            raise ValueError(f"input_size, hidden_sizes, output_size = {sizes[0]}, "
+                             f"{sizes[1:-1]}, {sizes[-1]} give {n} parameters, too many to "
+                             f"allocate ({exc})") from None
         self.n_weights = self.params.n_weights
         self.n_decayed = flat_block(self.params, self.decay_mask)  # the L2 term's flat[:n]
         # BatchNorm's running statistics: not parameters, but one flat buffer too, so the
@@ -129,23 +135,35 @@ class MultiLayerNet:
 
     # -- the public pair the trainer, gradcheck and the benchmarks use
 
-    def prepare(self, x, t=None):
+    def prepare(self, x, t=None, *, names=("x", "t")):
         """``x`` (and ``t``) checked and on this network's device and dtype: float features of
         the input size (other float precisions cast, integers refused), labels as class ids in
-        range or one-hot rows (sigmoid output: 0/1, as floats of the network's dtype, shape
-        (N,)). Returns x, or (x, t) when ``t`` is given. Check data once with
-        this, then train on it with ``loss_and_grads``."""
-        x = checks.array("x", self.backend.asarray(x), dtype=self.dtype)
+        range or one-hot rows, cast to the network's dtype (sigmoid output: 0/1, as floats of
+        the network's dtype, shape (N,)). Returns x, or (x, t) when ``t`` is given. Check data
+        once with this, then train on it with ``loss_and_grads``. ``names`` are what error
+        messages call x and t."""
+        x = checks.array(names[0], _asarray(self.backend, names[0], x), dtype=self.dtype)
         n_in = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
         if n_in != self.sizes[0]:
-            raise ValueError(f"x must have {self.sizes[0]} features per sample, "
+            raise ValueError(f"{names[0]} must have {self.sizes[0]} features per sample, "
                              f"got shape {tuple(x.shape)}")
         if t is None:
             return x
-        t = self.backend.asarray(t)
+        t = _asarray(self.backend, names[1], t)
         if self.output == "sigmoid":
-            return x, checks.binary_labels("t", t, x.shape[0], dtype=self.dtype)
-        return x, checks.labels("t", t, x.shape[0], self.sizes[-1])
+            return x, checks.binary_labels(names[1], t, x.shape[0], dtype=self.dtype)
+        t = checks.labels(names[1], t, x.shape[0], self.sizes[-1])
+        if t.ndim == 2 and t.dtype != self.dtype:  # bool or integer one-hot rows
+            t = t.astype(self.dtype)
+        return x, t
+
+    def _prepare_pair(self, x, t):
+        """``prepare(x, t)`` for the calls that need labels: None is refused, not read as
+        "no labels"."""
+        if t is None:
+            raise TypeError("t must be the labels (class ids of shape (n,), one-hot rows, or "
+                            "0/1 for a sigmoid output), got None")
+        return self.prepare(x, t)
 
     def loss_and_grads(self, x, t):
         """(loss, grads) of one training step on prepared ``x``, ``t`` (see ``prepare``;
@@ -167,6 +185,7 @@ class MultiLayerNet:
         """Scores (N, output_size) before the softmax, a new array; with
         ``output="sigmoid"`` the logit z, shape (N, 1): the probability of class 1 is σ(z),
         and z > 0 predicts 1."""
+        train = checks.boolean("train", train)
         return self._predict(self.prepare(x), train).copy()  # not the last layer's buffer
 
     def _predict(self, x, train):
@@ -179,7 +198,7 @@ class MultiLayerNet:
     def loss(self, x, t, train: bool = False) -> float:
         """Cross-entropy (binary for a sigmoid output) + ½·weight_decay·ΣW² (Σθ² with
         ``decay_mask="all"``), as a Python float."""
-        return float(self._loss(*self.prepare(x, t), train))
+        return float(self._loss(*self._prepare_pair(x, t), checks.boolean("train", train)))
 
     def forward_loss(self, x, t, train: bool = False):
         """``loss`` of prepared ``x``, ``t`` (see ``prepare``; nothing is checked) as a 0-d
@@ -197,7 +216,7 @@ class MultiLayerNet:
         """Fraction of samples whose highest score is the true class (sigmoid output: whose
         σ(z) > 0.5, i.e. z > 0, matches the 0/1 label), evaluated in batches."""
         checks.positive("batch_size", batch_size, integer=True)
-        x, t = self.prepare(x, t)
+        x, t = self._prepare_pair(x, t)
         if self.output == "sigmoid":
             t = t > 0.5
         elif t.ndim == 2:
@@ -212,7 +231,7 @@ class MultiLayerNet:
     def gradient(self, x, t):
         """Backpropagated gradients of ``loss(x, t, train=True)``: a dict like ``params``,
         of views into the flat gradient buffer ``grads.flat`` (refilled by every call)."""
-        return self.loss_and_grads(*self.prepare(x, t))[1]
+        return self.loss_and_grads(*self._prepare_pair(x, t))[1]
 
     # -- state that is not a parameter
 
@@ -258,6 +277,18 @@ class MultiLayerNet:
         """Copy a ``state_dict`` (from this process or a checkpoint, any backend) into this
         network, whose architecture must be the saved one. Everything is checked before
         anything changes; ValueError/TypeError name the problem."""
+        wanted = self.check_state_dict(state)
+        for (sec, name), target in wanted.items():
+            target[...] = self.backend.asarray(state[sec][name])
+        if self.dropout > 0 and not checkpoint.set_rng_state(self.rng, state.get("rng")):
+            warnings.warn("the dropout generator's state was saved on another backend (or "
+                          "not at all); dropout masks after loading come from this network's "
+                          "own generator", stacklevel=3)
+
+    def check_state_dict(self, state: dict) -> dict:
+        """Raise what ``load_state_dict(state)`` would refuse (ValueError/TypeError: another
+        architecture or dtype, a missing or misshapen array); changes nothing. Returns
+        (section, name) → the live array that the saved one would be copied into."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         saved, mine = state.get("config"), self.config()
@@ -273,28 +304,28 @@ class MultiLayerNet:
             a = state.get(sec, {}).get(name) if isinstance(state.get(sec), dict) else None
             if a is None:
                 raise ValueError(f"array {sec}/{name} is missing")
+            if not (hasattr(a, "shape") and hasattr(a, "dtype")) or np.isscalar(a):
+                raise TypeError(f"{sec}/{name} must be an array, got {a!r:.100}")
             if a.shape != target.shape or a.dtype != target.dtype:
                 raise ValueError(f"array {sec}/{name} is {a.dtype} {a.shape}, this network "
                                  f"needs {target.dtype} {target.shape}")
-        for (sec, name), target in wanted.items():
-            target[...] = self.backend.asarray(state[sec][name])
-        if self.dropout > 0 and not checkpoint.set_rng_state(self.rng, state.get("rng")):
-            warnings.warn("the dropout generator's state was saved on another backend (or "
-                          "not at all); dropout masks after loading come from this network's "
-                          "own generator", stacklevel=3)
+        return wanted
 
     def save(self, path):
         """Write the architecture, parameters, BatchNorm running statistics and dropout
         generator state to ``path`` (a .npz with a JSON header, written atomically; see
         ``accel.checkpoint``). Returns the path. ``MultiLayerNet.load(path)`` reads it."""
-        return checkpoint.save(path, {"network": self.state_dict()}, kind="network")
+        return checkpoint.save(checks.path("path", path), {"network": self.state_dict()},
+                               kind="network")
 
     @classmethod
     def load(cls, path, backend=None) -> MultiLayerNet:
         """The network saved at ``path`` by ``save`` (or inside a Trainer checkpoint), on
         ``backend`` (default "auto"; a file saved on CuPy loads on NumPy and back).
         Raises FileNotFoundError or ``accel.checkpoint.CheckpointError`` naming the file."""
-        section = checkpoint.section(checkpoint.load(path), "network", path, "network")
+        backend = get_backend(backend)  # a bad backend is the caller's, not the file's
+        section = checkpoint.section(checkpoint.load(checks.path("path", path)), "network",
+                                     path, "network")
         config = section.get("config")
         if not isinstance(config, dict):
             raise checkpoint.CheckpointError(f"{path}: the network section has no config")
@@ -314,6 +345,19 @@ class MultiLayerNet:
             raise checkpoint.CheckpointError(f"{path}: bad network config ({exc})") from exc
         checkpoint.restore(net, section, path)
         return net
+
+
+def _asarray(backend, name, a):
+    """``a`` as an array of ``backend``; what cannot be one (None, a dict, ragged lists) is
+    refused naming ``name``."""
+    try:
+        out = backend.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array of numbers, got {a!r:.100} ({exc})") from None
+    if out.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of numbers, got {a!r:.100} (dtype "
+                        f"{out.dtype})")
+    return out
 
 
 def _sizes(input_size, hidden_sizes, output_size) -> list:

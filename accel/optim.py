@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+
 from . import checks, dispatch
 from . import functional as F
 from .backend import array_module, get_backend
@@ -167,17 +169,25 @@ class Optimizer:
         if not pairs:
             return
         scalars = self.scalars()
-        clip = self._clip_factor(pairs)
-        for key, p, g, decayed in pairs:
-            state = self.state.get(key)
-            if state is None:
-                xp = array_module(p)
-                state = self.state[key] = tuple(xp.zeros_like(p) for _ in self.state_names)
-            site = self._sites.get(key)
-            if site is None:
-                site = self._sites[key] = dispatch.Site(type(self).rule, _arg_names(
-                    type(self).rule, key, len(state)))
-            site(p, g, *state, clip, scalars=(*scalars, decayed), record=record)
+        applied = 0
+        try:
+            clip = self._clip_factor(pairs)
+            for key, p, g, decayed in pairs:
+                state = self.state.get(key)
+                if state is None:
+                    xp = array_module(p)
+                    state = self.state[key] = tuple(xp.zeros_like(p)
+                                                    for _ in self.state_names)
+                site = self._sites.get(key)
+                if site is None:
+                    site = self._sites[key] = dispatch.Site(type(self).rule, _arg_names(
+                        type(self).rule, key, len(state)))
+                site(p, g, *state, clip, scalars=(*scalars, decayed), record=record)
+                applied += 1
+        except BaseException:
+            if not applied:  # refused before anything changed: no step taken
+                self.t -= 1
+            raise
 
     def _clip_factor(self, pairs):
         """The clip array the rules read, on the gradients' device: factor 1 without
@@ -221,8 +231,8 @@ def _pairs(params, grads, mask):
         raise TypeError(f"params and grads must be dicts of arrays, got {type(params).__name__}"
                         f" and {type(grads).__name__}")
     if params.keys() != grads.keys():
-        raise ValueError(f"params and grads have different names: {sorted(params)} vs "
-                         f"{sorted(grads)}")
+        raise ValueError(f"params and grads have different names: {sorted(params, key=str)} "
+                         f"vs {sorted(grads, key=str)}")
     pf, gf = getattr(params, "flat", None), getattr(grads, "flat", None)
     if pf is not None and gf is not None and pf.shape == gf.shape and pf.dtype == gf.dtype:
         decayed = flat_block(params, mask)
@@ -232,11 +242,17 @@ def _pairs(params, grads, mask):
     out = []
     for k, p in params.items():
         g = grads[k]
+        for name, a in (("params", p), ("grads", g)):
+            if not (hasattr(a, "shape") and hasattr(a, "dtype")) or np.isscalar(a):
+                raise TypeError(f"{name}[{k!r}] must be an array, got {a!r:.100}")
         if p.shape != g.shape or p.dtype != g.dtype:
             raise ValueError(f"grads[{k!r}] has shape {g.shape} {g.dtype}, "
                              f"params[{k!r}] has {p.shape} {p.dtype}")
         if p.dtype.kind != "f":
             raise TypeError(f"params[{k!r}] must be a float array, got dtype {p.dtype}")
+        if not getattr(getattr(p, "flags", None), "writeable", True):
+            raise ValueError(f"params[{k!r}] is read-only; it is updated in place and must be "
+                             "writable")
         out.append((k, p, g, p.size if k in names else 0))
     return out
 
@@ -260,7 +276,7 @@ class Momentum(Optimizer):
                  decay_mask="weights", clip_norm=None):
         super().__init__(lr, weight_decay, decay_mask, clip_norm)
         self.momentum = checks.in_unit_interval("momentum", momentum)
-        self.dampening = checks.in_unit_interval("dampening", dampening) if dampening else 0.0
+        self.dampening = float(checks.in_unit_interval("dampening", dampening))
 
     def scalars(self):
         return (self.lr, self.momentum, self.dampening, self.weight_decay)

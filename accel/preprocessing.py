@@ -51,9 +51,14 @@ class Standardizer:
     def fit(self, x):
         x = _as_float("x", x)
         x64 = x.astype(np.float64)
-        mean = x64.mean(axis=0)
-        std = x64.std(axis=0)
-        xp = array_module(std)
+        xp = array_module(x64)
+        # In units of each feature's largest |x|: the squares of data near 1e200 (or sums of
+        # data near 1e304) would overflow float64 and make σ infinite.
+        scale = xp.abs(x64).max(axis=0)
+        scale = xp.where(scale > 0, scale, 1.0)
+        unit = x64 / scale
+        mean = unit.mean(axis=0) * scale
+        std = unit.std(axis=0) * scale
         self.mean_ = mean
         self.std_ = xp.where(std > self.eps, std, 1.0)
         return self
@@ -87,6 +92,7 @@ class PCAWhitening:
 
     def __init__(self, n_components: int | None = None, eps: float = 1e-5, zca: bool = False):
         checks.optional(checks.integer, "n_components", n_components, low=1)
+        checks.boolean("zca", zca)
         if zca and n_components is not None:
             raise ValueError("zca=True keeps every component; leave n_components=None")
         self.n_components = n_components
@@ -107,7 +113,12 @@ class PCAWhitening:
         xp = array_module(x)
         self.mean_ = x.mean(axis=0)
         xc = x - self.mean_
-        cov = xc.T @ xc / n
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
+            cov = xc.T @ xc / n
+        if not bool(xp.isfinite(cov).all()):
+            big = float(xp.abs(x).max())
+            raise ValueError(f"x is too large to whiten in float64: its covariance overflows "
+                             f"(|x| up to {big:.3g}); scale it first, e.g. with Standardizer")
         lam, u = xp.linalg.eigh(cov)  # ascending
         order = xp.argsort(lam)[::-1][:k]
         lam = xp.clip(lam[order], 0.0, None)
@@ -137,9 +148,14 @@ class PCAWhitening:
 def one_hot(t, n_classes: int, dtype=np.float32):
     """Integer class ids ``t`` of shape (n,) as one-hot rows of shape (n, n_classes)."""
     checks.integer("n_classes", n_classes, low=1)
+    dtype = checks.dtype("dtype", dtype)
     xp = array_module(t)
     t = checks.class_ids("t", t, n_classes)
-    out = xp.zeros((t.shape[0], n_classes), dtype=dtype)
+    try:
+        out = xp.zeros((t.shape[0], n_classes), dtype=dtype)
+    except (ValueError, MemoryError) as exc:
+        raise ValueError(f"n_classes={n_classes} one-hot rows of {t.shape[0]} samples do not "
+                         f"fit in memory ({exc})") from None
     out[xp.arange(t.shape[0]), t] = 1
     return out
 

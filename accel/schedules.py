@@ -38,7 +38,16 @@ class Schedule:
         self.lr0 = float(checks.positive("lr0", lr0))
 
     def __call__(self, t) -> float:
-        return self.lr(checks.number("t (the epoch or iteration)", t, low=0))
+        """lr at ``t`` (the epoch or the iteration); ValueError naming this schedule when it
+        is not a positive finite number there (it decayed to 0, or overflowed)."""
+        try:
+            lr = self.lr(checks.number("t (the epoch or iteration)", t, low=0))
+        except OverflowError:
+            lr = math.inf
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{self!r} gives lr = {lr} at t = {t!r}: an lr must be a "
+                             "positive finite number")
+        return lr
 
     def lr(self, t) -> float:
         raise NotImplementedError

@@ -80,12 +80,15 @@ def apply(flop: float) -> None:
         _applied = want
 
 
-@contextlib.contextmanager
 def blas_threads(n: int = 1):
     """Fix NumPy's BLAS to ``n`` threads inside the block, whatever the work's size (the
-    policy steps aside), and put the count back afterwards."""
+    policy steps aside), and put the count back afterwards. ``n`` is checked at the call."""
+    return _fixed_threads(checks.integer("n", n, low=1, high=2**31 - 1))  # a C int in BLAS
+
+
+@contextlib.contextmanager
+def _fixed_threads(n: int):
     global _fixed
-    n = checks.positive("n", n, integer=True)
     libs = _blas()
     before = [lib.get_num_threads() for lib in libs]
     for lib in libs:

@@ -8,6 +8,7 @@ and raises ``TrainingInterrupted``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import warnings
@@ -60,12 +61,18 @@ class Trainer:
       ``checkpoint_every`` epochs (default 1), when the run ends, and on Ctrl-C. It holds the
       network, the optimizer state, the epoch and position in it, the shuffling generator's
       state and the history.
-    - ``resume``: a checkpoint path (or True: ``<checkpoint_dir>/last.npz`` if it exists) to
-      continue from. The resumed run is bit-identical to an uninterrupted one on the same
-      backend. Pass the same network architecture, optimizer type, data and batch size;
-      ``epochs`` may be larger than the saved run's (to train longer).
+    - ``resume``: a checkpoint path (or True: ``<checkpoint_dir>/last.npz`` if it exists when
+      ``fit()`` starts) to continue from. The resumed run is bit-identical to an
+      uninterrupted one on the same backend, parameters and history. Pass the same network
+      architecture, optimizer type, data and batch size; ``epochs`` may be larger than the
+      saved run's (to train longer).
     - ``fit()`` called again on the same trainer (after Ctrl-C, or with a larger
-      ``epochs``/``max_iterations``) continues exactly where it stopped, as a resume would.
+      ``epochs``/``max_iterations``) continues exactly where it stopped, as a resume would
+      (with ``resume=True``, from the folder's checkpoint if another run has written one
+      since). An evaluation made only because the run stopped off the ``evaluate_every``
+      grid (at ``max_iterations``, or at ``epochs`` raised later) is replaced when it goes on.
+    - Every write into ``checkpoint_dir`` (``fit()``'s and ``save_checkpoint()``'s) holds the
+      folder's lock: a second run there gets DirectoryInUseError.
     - ``on_nonfinite``: "raise" (default) stops with NonFiniteError naming the iteration and
       the parameters whose gradient is NaN/Inf; "skip" drops that step (no update, BatchNorm
       running statistics restored) and counts it in ``History.skipped_steps``; None turns the
@@ -86,27 +93,31 @@ class Trainer:
                  checkpoint_dir=None, checkpoint_every=None, resume=None,
                  on_nonfinite="raise", schedule_unit="epoch"):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
-        if not callable(getattr(optimizer, "update", None)):
-            raise TypeError(f"optimizer must have an update(params, grads) method, got "
-                            f"{optimizer!r}")
+        if isinstance(network, type) or not all(callable(getattr(network, m, None)) for m in (
+                "prepare", "loss_and_grads", "accuracy")):
+            raise TypeError(f"network must be a network such as accel.MultiLayerNet(...) (with "
+                            f"prepare, loss_and_grads and accuracy), got {network!r:.200}")
+        if isinstance(optimizer, type) or not callable(getattr(optimizer, "update", None)):
+            raise TypeError(f"optimizer must have an update(params, grads) method (an "
+                            f"instance such as optim.Adam(lr=1e-3)), got {optimizer!r}")
         if schedule is not None and not callable(schedule):
             raise TypeError(f"schedule must be callable, got {schedule!r}")
         self.schedule_unit = checks.one_of("schedule_unit", schedule_unit, SCHEDULE_UNITS)
         self.on_evaluate = _hooks(on_evaluate)
         self.record_loss = checks.one_of("record_loss", record_loss, RECORD_LOSS)
-        if on_nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"on_nonfinite={on_nonfinite!r} is not one of {NONFINITE_MODES}")
+        on_nonfinite = checks.one_of("on_nonfinite", on_nonfinite, NONFINITE_MODES)
         if checkpoint_every is not None:
             checks.positive("checkpoint_every", checkpoint_every, integer=True)
             if checkpoint_dir is None:
                 raise ValueError(f"checkpoint_every={checkpoint_every!r} needs checkpoint_dir")
+        checks.optional(checks.path, "checkpoint_dir", checkpoint_dir)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         if self.checkpoint_dir is not None and self.checkpoint_dir.exists() and \
                 not self.checkpoint_dir.is_dir():
             raise NotADirectoryError(f"checkpoint_dir={str(checkpoint_dir)!r} is a file, not a "
                                      "folder")
         self.checkpoint_every = checkpoint_every or 1
-        self.resume = self._resume_path(resume)
+        self.resume = self._resume_request(resume)
         self.epochs = checks.positive("epochs", epochs, integer=True)
         self.batch_size = checks.positive("batch_size", batch_size, integer=True)
         self.max_iterations = checks.optional(checks.positive, "max_iterations", max_iterations,
@@ -116,16 +127,21 @@ class Trainer:
         self.evaluate_every = checks.positive("evaluate_every", evaluate_every, integer=True)
         self.verbose = verbose
         # Checked and moved to the device once, so the loop itself does no checking.
-        self.x_train, self.t_train = network.prepare(x_train, t_train)
+        if t_train is None:
+            raise TypeError("t_train must be the training labels, got None")
+        self.x_train, self.t_train = network.prepare(x_train, t_train,
+                                                     names=("x_train", "t_train"))
         if (x_test is None) != (t_test is None):
             raise ValueError("x_test and t_test must be given together")
-        self.test = None if x_test is None else network.prepare(x_test, t_test)
+        self.test = None if x_test is None else network.prepare(x_test, t_test,
+                                                                names=("x_test", "t_test"))
         if validation_data is not None and (
-                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
-            raise TypeError("validation_data must be a pair (x_val, t_val), got "
-                            f"{type(validation_data).__name__}")
+                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2
+                or validation_data[1] is None):
+            raise TypeError(f"validation_data must be a pair (x_val, t_val), got "
+                            f"{validation_data!r:.200}")
         self.validation = None if validation_data is None else network.prepare(
-            *validation_data)
+            *validation_data, names=("validation_data[0]", "validation_data[1]"))
         if network.batchnorm and min(self.batch_size, self.n_train) < 2:
             raise ValueError(
                 f"a BatchNorm network needs batches of at least 2 samples (the variance of one "
@@ -144,19 +160,35 @@ class Trainer:
         self._epoch_rng_state = None  # the shuffling state before this epoch's permutation
         self._data_crc = None  # fingerprint of (x_train, t_train), computed for checkpoints
         self.last_checkpoint = None
+        self._lock = None  # the checkpoint folder's lock while fit() runs
+        self._own_files = {}  # checkpoint path -> identity of the file this trainer wrote/read
+        self._provisional = False  # the last evaluation was made only because the run stopped
 
-    def _resume_path(self, resume):
+    def _resume_request(self, resume):
+        """None, True (decided when fit() starts) or the checkpoint path to resume from."""
         if resume is True:
             if self.checkpoint_dir is None:
                 raise ValueError("resume=True needs checkpoint_dir (or pass a checkpoint path)")
-            return self.checkpoint_path if self.checkpoint_path.is_file() else None
+            return True
         if resume is None or resume is False:
             return None
-        if not isinstance(resume, (str, Path)):
+        if not isinstance(resume, (str, os.PathLike)):
             raise TypeError(f"resume must be a path or True, got {resume!r}")
+        checks.path("resume", resume)
         if not Path(resume).is_file():
             raise FileNotFoundError(f"resume={str(resume)!r}: no checkpoint file there")
         return resume
+
+    def _resume_source(self):
+        """The checkpoint this fit() starts from, decided now (under the folder's lock): the
+        path given, or with resume=True the folder's last.npz when it exists and is not the
+        file this trainer itself wrote or read last (its state is already in memory)."""
+        if self.resume is not True:
+            return self.resume
+        path = self.checkpoint_path
+        if path.is_file() and self._own_files.get(path) != _file_id(path):
+            return path
+        return None
 
     @property
     def n_train(self) -> int:
@@ -244,13 +276,16 @@ class Trainer:
 
         With ``resume``, first restores the checkpoint and continues where it stopped.
         Ctrl-C: see the class docstring (raises TrainingInterrupted)."""
-        lock = contextlib.nullcontext() if self.checkpoint_dir is None else \
+        self._lock = None if self.checkpoint_dir is None else \
             checkpoint.DirectoryLock(self.checkpoint_dir)
-        with lock, StepBoundary() as stop, _progress_logging(self._bar_wanted()):
-            resumed = self.resume is not None
+        with self._lock or contextlib.nullcontext(), StepBoundary() as stop, \
+                _progress_logging(self._bar_wanted()):
+            path = self._resume_source()
+            resumed = path is not None
             if resumed:
-                self.load_checkpoint(self.resume)
-                path, self.resume = self.resume, None  # a second fit() continues from memory
+                self.load_checkpoint(path)
+                if self.resume is not True:
+                    self.resume = None  # a second fit() continues from memory
                 self._say(f"resumed from {path} at epoch {self.epoch + 1}, iteration "
                           f"{self.history.iterations}")
             self.guard.begin()
@@ -258,6 +293,9 @@ class Trainer:
                 if self.schedule is not None:
                     self._apply_schedule(0)
                 self.evaluate(0)
+            if self._provisional and self.epoch < self.epochs and \
+                    not self._at_max_iterations() and not self.stopped:
+                self._drop_last_evaluation()  # the run goes on: that stop is not one
             try:
                 was_stopped = self.stopped
                 while self.epoch < self.epochs and not self._at_max_iterations() and \
@@ -319,7 +357,9 @@ class Trainer:
         if self.offset == 0:
             self.epoch += 1
         last = self.epoch >= self.epochs or self._at_max_iterations()
-        if last or (self.offset == 0 and self.epoch % self.evaluate_every == 0):
+        on_grid = self.offset == 0 and self.epoch % self.evaluate_every == 0
+        if last or on_grid:
+            self._provisional = not on_grid
             self.evaluate(round(epoch + (self.offset / self.n_train or 1.0), 4))
             last = last or self.stopped  # an on_evaluate hook ended the run here
             self._tick()
@@ -338,6 +378,16 @@ class Trainer:
         now = time.perf_counter()
         self.history.elapsed_s += now - self._clock
         self._clock = now
+
+    def _drop_last_evaluation(self) -> None:
+        """Remove the last evaluation row (one made only because the run stopped there), so a
+        continued run records what an uninterrupted one does."""
+        h = self.history
+        n = len(h.epoch)
+        for values in (h.epoch, h.train_acc, h.val_acc, h.test_acc, h.lr):
+            if len(values) == n:
+                values.pop()
+        self._provisional = False
 
     def _at_max_iterations(self) -> bool:
         return self.max_iterations is not None and self.history.iterations >= self.max_iterations
@@ -427,7 +477,8 @@ class Trainer:
             "trainer": {"epoch": self.epoch, "offset": self.offset, "rng": rng,
                         "n_train": self.n_train, "data_crc32": self.data_fingerprint(),
                         "batch_size": self.batch_size, "epochs": self.epochs,
-                        "history": hist, "hooks": {
+                        "history": hist, "provisional_evaluation": self._provisional,
+                        "hooks": {
                             str(i): {"type": type(hook).__name__, "state": hook.state_dict()}
                             for i, hook in self._stateful_hooks()}},
         }
@@ -441,6 +492,8 @@ class Trainer:
             if tr[name] != mine:
                 raise ValueError(f"saved with {name}={tr[name]}, this trainer has "
                                  f"{name}={mine}; resume needs the same data and batches")
+        # the network first: its dtype is part of the data's fingerprint
+        self.network.check_state_dict(state["network"])
         if tr["data_crc32"] != self.data_fingerprint():
             raise ValueError("saved from a run on other training data (same size, different "
                              f"CRC-32: {tr['data_crc32']:#010x}, here "
@@ -470,6 +523,7 @@ class Trainer:
         self.rng.bit_generator.state = rng
         self._epoch_rng_state = rng
         self.history, self.epoch, self.offset = history, epoch, offset
+        self._provisional = tr.get("provisional_evaluation", False) is True
         for i, hook in self._stateful_hooks():
             if str(i) in hooks:
                 hook.load_state_dict(hooks[str(i)]["state"])
@@ -489,11 +543,22 @@ class Trainer:
         return self._data_crc
 
     def save_checkpoint(self, path=None) -> Path:
-        """Write a checkpoint (default ``checkpoint_path``) atomically; returns its path."""
+        """Write a checkpoint (default ``checkpoint_path``) atomically, holding its folder's
+        lock (DirectoryInUseError when another run writes there); returns its path."""
+        checks.optional(checks.path, "path", path)
         path = self.checkpoint_path if path is None else Path(path)
         if path is None:
             raise ValueError("save_checkpoint needs a path when checkpoint_dir is not set")
-        self.last_checkpoint = checkpoint.save(path, self.state_dict(), kind="trainer")
+        lock = self._lock
+        if lock is None or not lock.holds(path.parent):
+            with checkpoint.DirectoryLock(path.parent) as held:
+                return self._save(path, held)
+        return self._save(path, lock)
+
+    def _save(self, path, lock) -> Path:
+        self.last_checkpoint = checkpoint.save(path, self.state_dict(), kind="trainer",
+                                               lock=lock)
+        self._own_files[path] = _file_id(path)
         return self.last_checkpoint
 
     def load_checkpoint(self, path) -> None:
@@ -510,6 +575,17 @@ class Trainer:
                 f"{checkpoint.FORMAT_VERSION} only. Its network still loads with "
                 "MultiLayerNet.load(path)")
         checkpoint.restore(self, header["state"], path)
+        self._own_files[Path(path)] = _file_id(path)
+
+
+def _file_id(path):
+    """What tells one write of a file from another: (device, inode, size, mtime); each
+    checkpoint is a new file renamed into place."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _hooks(on_evaluate) -> tuple:

@@ -333,7 +333,6 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
 
 def test_resume_true_without_a_file_starts_fresh(tmp_path):
     tr = _trainer("numpy", tmp_path, epochs=1, resume=True)
-    assert tr.resume is None
     assert tr.fit().epoch == [0, 1]
 
 

@@ -60,19 +60,31 @@ def test_max_iterations_mid_epoch_records_the_position(backend, tmp_path):
     assert (part.epoch, part.offset, part.history.epoch[-1]) == (1, 24, 1.5333)
     resumed = _trainer(backend, tmp_path, resume=True)
     resumed.fit()
-    hb = resumed.history.to_dict()
-    # the stop added one evaluation (at epoch 1.5333); everything else is the same run
-    i = hb["epoch"].index(1.5333)
-    for key in ("epoch", "train_acc", "test_acc", "lr"):
-        del hb[key][i]
-    resumed.history.__init__(**hb)
+    # the evaluation the stop made (at epoch 1.5333) is replaced: the same run, history too
+    assert 1.5333 not in resumed.history.epoch
     _assert_same_run(full, resumed)
     # in memory too: raise the limit, fit again
     again = _trainer(backend, max_iterations=9)
     again.fit()
     again.max_iterations = None
     again.fit()
-    np.testing.assert_array_equal(again.network.params.flat, full.network.params.flat)
+    _assert_same_run(full, again)
+
+
+def test_an_evaluation_off_the_grid_is_replaced_when_the_run_goes_on(tmp_path):
+    """epochs raised on resume: the stop's evaluation at epoch 3 is not on evaluate_every=2's
+    grid, and an uninterrupted 4-epoch run has none there."""
+    full = _trainer("numpy", epochs=4, evaluate_every=2)
+    full.fit()
+    assert full.history.epoch == [0, 2, 4]
+    _trainer("numpy", tmp_path, epochs=3, evaluate_every=2).fit()
+    resumed = _trainer("numpy", tmp_path, epochs=4, evaluate_every=2, resume=True)
+    resumed.fit()
+    _assert_same_run(full, resumed)
+    # a stop on the grid stays: resuming with the same epochs changes nothing
+    done = _trainer("numpy", tmp_path, epochs=4, evaluate_every=2, resume=True)
+    done.fit()
+    assert done.history.epoch == [0, 2, 4]
 
 
 def test_resume_refuses_fewer_epochs_and_other_data(tmp_path):
@@ -103,6 +115,73 @@ def test_two_trainers_cannot_share_a_checkpoint_folder(tmp_path):
     _trainer("numpy", tmp_path, epochs=2, on_evaluate=second_run).fit()
     assert inner == [True]
     _trainer("numpy", tmp_path, epochs=3, resume=True).fit()  # free again after the first
+
+
+def test_save_checkpoint_goes_through_the_folder_lock(tmp_path):
+    """A second trainer (other data) cannot write into a folder a run is training in, by
+    save_checkpoint() or net.save(); the run's checkpoint stays its own and resumes."""
+    x, t = toy(n=64)
+    intruder = Trainer(small_net("numpy"), optim.Adam(lr=0.01), x, t, batch_size=8,
+                       verbose=False, checkpoint_dir=tmp_path)
+    refused = []
+
+    def intrude(trainer):
+        if trainer.history.epoch[-1] == 1:
+            for write in (intruder.save_checkpoint,
+                          lambda: intruder.save_checkpoint(tmp_path / "other.npz"),
+                          lambda: small_net("numpy").save(tmp_path / "last.npz")):
+                with pytest.raises(DirectoryInUseError, match=f"pid {os.getpid()}"):
+                    write()
+                refused.append(True)
+
+    _trainer("numpy", tmp_path, epochs=2, on_evaluate=intrude).fit()
+    assert refused == [True] * 3 and not (tmp_path / "other.npz").exists()
+    full = _trainer("numpy", epochs=3)
+    full.fit()
+    resumed = _trainer("numpy", tmp_path, epochs=3, resume=True)
+    resumed.fit()
+    _assert_same_run(full, resumed)
+    # with the folder free, the lock is taken for the write and given back
+    assert intruder.save_checkpoint(tmp_path / "mine.npz") == tmp_path / "mine.npz"
+    _trainer("numpy", tmp_path, epochs=4, resume=True).fit()
+
+
+def test_save_checkpoint_is_refused_while_another_process_holds_the_folder(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(DirectoryInUseError, match=f"pid {proc.pid}"):
+            _trainer("numpy", tmp_path).save_checkpoint()
+        with pytest.raises(DirectoryInUseError, match=f"pid {proc.pid}"):
+            small_net("numpy").save(tmp_path / "net.npz")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert list(tmp_path.glob("*.npz")) == []
+
+
+def test_resume_true_is_decided_when_fit_starts(tmp_path):
+    """Two trainers built on one folder: the second, fitted after the first, continues
+    from the first's checkpoint instead of starting over and overwriting it."""
+    first = _trainer("numpy", tmp_path, epochs=2, resume=True)
+    # another shuffling seed: only a resume (which restores the generator) matches `full`
+    second = _trainer("numpy", tmp_path, epochs=4, resume=True, seed=99)
+    first.fit()
+    second.fit()
+    full = _trainer("numpy", epochs=4)
+    full.fit()
+    _assert_same_run(full, second)
+    # fitting the first again starts from what the second wrote since, not from memory
+    loaded = []
+    real = first.load_checkpoint
+    first.load_checkpoint = lambda path: (loaded.append(path), real(path))[1]
+    first.epochs = 4
+    first.fit()
+    assert loaded == [tmp_path / "last.npz"]
+    _assert_same_run(full, first)
+    first.fit()  # its own file now: nothing to read, nothing left to train
+    assert len(loaded) == 1
 
 
 _HOLD = textwrap.dedent("""

@@ -299,6 +299,11 @@ def test_unknown_name_lists_options():
         ({"name": "moons", "noise": -1}, ValueError, "noise"),
         ({"name": "circles", "n_classes": 3}, ValueError, "n_classes=3"),
         ({"name": "spiral", "seed": "x"}, TypeError, "seed"),
+        # a part that would be empty (or lack a class): round(0.1 * 2) = 0 test samples
+        ({"name": "moons", "n_samples": 4, "test_fraction": 0.1}, ValueError,
+         "test_fraction=0.1 of n_samples=4 puts 0 of class 0's 2 samples in the test part"),
+        ({"name": "spiral", "n_samples": 30, "test_fraction": 0.95}, ValueError,
+         "10 samples in the test part and 0 in the training part"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):

@@ -74,6 +74,24 @@ def test_standardizer_bad_input(xp):
         Standardizer(eps=-1.0)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1e100, 1e200, 1e300])
+def test_standardizer_at_every_scale(xp, scale):
+    """σ is computed in units of each feature's largest |x|: at 1e200 the squares overflow
+    float64, and the old fit turned every value into 0."""
+    x = _data(xp, n=50) * scale
+    z = Standardizer().fit_transform(x)
+    assert_close(z.mean(axis=0), np.zeros(4), atol=1e-12)
+    assert_close(z.std(axis=0), np.ones(4), rtol=1e-12)
+    assert_close(Standardizer().fit(x).inverse_transform(z), x, rtol=1e-12)
+
+
+def test_pca_whitening_of_data_too_large_for_float64(xp):
+    z = PCAWhitening().fit_transform(_data(xp) * 1e100)  # covariance ~1e200: fine
+    assert_close((z.T @ z) / z.shape[0], np.eye(4), atol=1e-6)
+    with pytest.raises(ValueError, match="x is too large to whiten.*overflows"):
+        PCAWhitening().fit(_data(xp) * 1e200)
+
+
 @pytest.mark.parametrize("zca", [False, True])
 def test_pca_whitening_identity_covariance(xp, zca):
     x = _data(xp, n=2000, d=5)

@@ -263,7 +263,8 @@ def kill_one_worker_mid_trial(url, name, out):
 def test_a_killed_worker_loses_nothing(where, tmp_path, request):
     url = sqlite_url(tmp_path) if where == "sqlite" else request.getfixturevalue("postgres_url")
     name = f"killed-{where}"
-    search.run_study(toy, search.BOOK_SPACE, 1, study_name=name, storage_url=url)  # create
+    search.run_study(toy, search.BOOK_SPACE, 1, study_name=name, storage_url=url,
+                     seed=0)  # create
     seen = {}
     killer = threading.Thread(target=kill_one_worker_mid_trial, args=(url, name, seen))
     killer.start()
