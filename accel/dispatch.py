@@ -186,6 +186,7 @@ OPS: dict[Callable, Op] = {
     F.softmax_cross_entropy: Op(
         "layers", "softmax_cross_entropy", "rroo", _scores_and_labels,
         outputs=_outputs("n", "x"), labels=(1,), takes=lambda a: a[1].ndim == 1),
+    F.scaled_add: Op("layers", "scaled_add", "wrs", lambda a: [a[0].shape] * 2, flat=True),
     F.nonfinite_guard: Op(
         "guard", "nonfinite_guard", "rrrwrwwsszz", _guard_shapes, ints=(2, 4, 6),
         flat=True, work=(((1,), np.float64), ((1,), np.int64))),

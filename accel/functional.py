@@ -281,6 +281,12 @@ def sigmoid_binary_cross_entropy(z, t):
     return losses, dz
 
 
+
+def scaled_add(y, x, a):
+    """y ← y + a·x in place (a network's L2 gradient: g ← g + λ·W over its weight block)."""
+    y += a * x
+
+
 # -- the non-finite guard of a training step (the record's layout: accel.kernels.guard_record)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 
 import numpy as np
 
-from . import checkpoint, checks, threads
+from . import checkpoint, checks, dispatch, threads
+from . import functional as F
 from .backend import get_backend
 from .decay_mask import MASKS, flat_block
 from .flat import allocate
@@ -122,6 +124,10 @@ class MultiLayerNet:
         self.layers[0].need_dx = False  # nothing below the first layer wants dL/dx
         self.last_layer = OUTPUTS[self.output]()
         self.passes = _fuse(self.layers)
+        # the L2 term's gradient: views made once, so the fused op's site sees the same arrays
+        self._decay = dispatch.Site(F.scaled_add)
+        self._decayed_grads = self.grads.flat[:self.n_decayed]
+        self._decayed_params = self.params.flat[:self.n_decayed]
         # the thread policy (accel.threads), applied as a pass starts: NumPy's BLAS only
         self._widest = max(sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1))
         self._cpu = self.backend.name == "numpy"
@@ -143,7 +149,7 @@ class MultiLayerNet:
         once with this, then train on it with ``loss_and_grads``. ``names`` are what error
         messages call x and t."""
         x = checks.array(names[0], _asarray(self.backend, names[0], x), dtype=self.dtype)
-        n_in = int(np.prod(x.shape[1:])) if x.ndim > 1 else 0
+        n_in = math.prod(x.shape[1:]) if x.ndim > 1 else 0
         if n_in != self.sizes[0]:
             raise ValueError(f"{names[0]} must have {self.sizes[0]} features per sample, "
                              f"got shape {tuple(x.shape)}")
@@ -174,9 +180,9 @@ class MultiLayerNet:
         dout = self.last_layer.backward(1.0)
         for layer in reversed(self.passes):
             dout = layer.backward(dout)
-        if self.weight_decay:
-            self.grads.flat[:self.n_decayed] += self.dtype.type(self.weight_decay) * \
-                self.params.flat[:self.n_decayed]
+        if self.weight_decay:  # g ← g + λ·W over the weights, one fused op
+            self._decay(self._decayed_grads, self._decayed_params,
+                        scalars=(self.weight_decay,))
         return loss, self.grads
 
     # -- the book's interface (each call checks its input)

@@ -78,6 +78,7 @@ SCALARS = {
     "bias_activation": (0.0,),
     "activation_backward_bias": (0.0,),
     "softmax_cross_entropy": (),
+    "scaled_add": (0.01,),
 }
 FLAT_SIZES = (1, 37, 1_000_003)
 SHAPES = ((1, 1), (3, 37), (100, 100), (1024, 100), (1024, 4096))
@@ -686,11 +687,7 @@ def write(report, out: Path, name: str):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description="The one command for a GPU visit: environment, every kernel against the "
-                    "reference on the device, benchmark rows, the GPU half of the tests, the "
-                    "compile for sm_80/sm_90; each stage time-limited, results kept after "
-                    "every stage.")
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--out", default="benchmarks/out/",
                     help="folder for gpu_check-<name>.json and .md (default: %(default)s)")
     ap.add_argument("--name", default=None, help="name in the file names (default: the "

@@ -112,16 +112,15 @@ def main(argv=None):
     p.add_argument("--study-name", default=None, metavar="NAME",
                    help="the study (default: from dataset, sampler, pruner and --quick)")
     p.add_argument("--blas-threads", type=common.positive_int, default=None, metavar="N",
-                   help="limit each worker's BLAS to N threads (default: 1 with --workers "
-                        "> 1, so that N workers use N cores; no limit with one worker)")
+                   help="fix each worker's BLAS to N threads (default: accel's thread policy, "
+                        "which runs the book's products on one thread, so N workers use N "
+                        "cores)")
     args = p.parse_args(argv)
     run = common.start(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     cfg = common.config_from(args, DEFAULTS, QUICK, ["trials", "epochs", "narrow", "rounds",
                                                      "workers", "sampler", "pruner",
                                                      "blas_threads"])
-    if cfg["blas_threads"] is None and cfg["workers"] > 1:
-        cfg["blas_threads"] = 1
     if cfg["narrow"] and args.rounds is None:
         cfg["rounds"] = 2
     if cfg["rounds"] > 1 and not cfg["narrow"]:

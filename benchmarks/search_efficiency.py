@@ -5,9 +5,9 @@ per trial, 100 trials, lr 10^U(−6,−2), λ 10^U(−8,−4)) several times, ea
 study, and reports:
 
 1. **workers**: the wall-clock time of the random search with 1 worker and with 2 worker
-   processes sharing the study (each worker's BLAS pinned to 1 thread), ``--repeats`` times
-   each, alternating; the medians and their ratio. Every run samples the same 100 points
-   (accel seeds trial n's draw by n).
+   processes sharing the study (accel's defaults: the book's products on one BLAS thread
+   each), ``--repeats`` times each, alternating; the medians and their ratio. Every run
+   samples the same 100 points (accel seeds trial n's draw by n).
 2. **pruning**: the epochs a search trains before the mean validation accuracy of its best 5
    complete trials reaches that of the plain 100-trial random search (within 0.01),
    as a fraction of the epochs the plain search ran (100 × 50): random search with median
@@ -30,8 +30,8 @@ from optuna.trial import TrialState
 
 from accel import search
 
-# worker processes, BLAS threads per worker (None: hyperparameter_search.py's default, which
-# is the environment's for 1 worker and 1 thread each for more)
+# worker processes, BLAS threads per worker (None: accel's thread policy, one thread for the
+# book's products)
 WORKER_CONFIGS = {"1 worker": (1, None), "2 workers": (2, None)}
 SLUG = {"1 worker": "w1", "2 workers": "w2"}
 DEFAULTS = {"trials": 100, "epochs": 50, "top": 5, "tol": 0.01, "repeats": 3,

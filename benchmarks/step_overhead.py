@@ -196,9 +196,7 @@ def plot(summary, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description="Host overhead of accel's fused calls and of a tiny network's training "
-                    "step, against torch's eager step, in alternating processes.")
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--rounds", type=int, default=7,
                     help="rounds of alternating processes (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=3000,

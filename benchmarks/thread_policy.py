@@ -213,8 +213,11 @@ def worker(a):
         print(json.dumps(thresholds_worker()))
         return
     who, workload, how = a.worker.split(":")
-    if who == "accel":
-        import accel  # noqa: F401  (imports outside the timing, as for torch)
+    if who == "accel":  # imports outside the timing, as torch's: Numba and the kernel modules
+        from accel import dispatch  # (loaded on first use), not their compiled code
+
+        for family in ("optim", "layers", "clip"):
+            dispatch.kernels(family, "cpu")
     else:
         import torch  # noqa: F401
     t0 = time.perf_counter()
@@ -315,10 +318,7 @@ def plot(summary, configs, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description="accel with its defaults against pinned to one thread, quiet and with "
-                    "one core busy, beside torch: the optimizer comparison's and the "
-                    "search's work, in alternating processes.")
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds of alternating processes (default: %(default)s)")
     ap.add_argument("--iterations", type=int, default=1000,

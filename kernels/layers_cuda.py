@@ -84,12 +84,22 @@ def softmax_cross_entropy(x, t, losses, dx):
             dx[i, j] = p / f(n)
 
 
+@jit
+def scaled_add(y, x, a):
+    f = y.dtype.type
+    a = f(a)
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[i] += a * x[i]
+
+
 KERNELS = {f.__name__: f for f in (bias_activation, activation_backward_bias,
-                                   softmax_cross_entropy)}
+                                   softmax_cross_entropy, scaled_add)}
 
 
 def launch(name, x, *arrays):
     """(blocks, threads) of kernel ``name``: elements, column tiles, or rows."""
+    if name == "scaled_add":
+        return grid_stride(x.size)
     n, d = x.shape
     if name == "activation_backward_bias":
         return -(-d // COLS), (COLS, ROWS)  # N = 0 still writes db = 0

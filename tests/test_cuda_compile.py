@@ -53,12 +53,12 @@ def test_every_kernel_compiles_for_every_dtype_and_cc(report):
     rows = report["compile"]["rows"]
     assert report["gpu"] is None and report["gpu_skipped"]
     assert {(r["kernel"], r["dtype"], r["cc"]) for r in rows} == _expected()
-    assert len(rows) == len(_expected()) == 15 * 2 * 2
+    assert len(rows) == len(_expected()) == 16 * 2 * 2
     bad = [(r["kernel"], r["dtype"], r["cc"], r["error"]) for r in rows if not r["ok"]]
     assert not bad, bad
     assert all(r["ptx_entries"] >= 1 for r in rows)
     assert report["returncode"] == 0, report["output"][-3000:]
-    assert "60/60 ok" in report["md"]
+    assert "64/64 ok" in report["md"]
 
 
 def test_no_kernel_spills_and_each_fits_its_block(report):

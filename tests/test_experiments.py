@@ -24,8 +24,8 @@ IMAGE_SCRIPTS = ("compare_optimizers", "compare_initializers", "batchnorm_compar
 ALL_SCRIPTS = ("optimizer_paths", "activation_histograms", "compare_initializers",
                "compare_optimizers", "batchnorm_compare", "overfitting",
                "hyperparameter_search", "search_efficiency", "lr_decay", "gradient_check",
-               "run_all", "book_differences", "thread_determinism", "bench_kernels",
-               "bn_rounds", "clip_cost")
+               "run_all", "book_differences", "bench_kernels", "bn_rounds", "clip_cost",
+               "step_overhead", "thread_policy", "gpu_check")
 SYNTHETIC = ("optimizer_paths", "activation_histograms")
 
 
@@ -451,9 +451,3 @@ def test_book_differences_measures_each_documented_difference(tmp_path):
     assert len(r["bn_running_var"]["train_acc_init0"]) == 4  # epochs 0..3
     assert r["nesterov"]["final"]["fixed"] == pytest.approx([0.6896, -0.0007], abs=5e-5)
     assert r["nesterov"]["final"]["pre_fix"] == pytest.approx([0.5264, 0.0002], abs=5e-5)
-
-
-def test_thread_determinism_pinned_blas_is_bit_identical(tmp_path):
-    run_script("thread_determinism", "--quick", out=tmp_path)
-    r = json.loads((tmp_path / "thread_determinism.json").read_text())["results"]
-    assert r["blas_threads(1)"]["bit_identical_1_vs_2_threads"] is True

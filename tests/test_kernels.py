@@ -573,7 +573,7 @@ def test_fused_network_step_matches_the_reference_path():
         loss, grads = net.loss_and_grads(x, t)
         kernels_used = {k for k, path in dispatch.calls() if path == "cpu"}
         assert kernels_used == {"bias_activation", "activation_backward_bias",
-                                "softmax_cross_entropy"}, dispatch.calls()
+                                "softmax_cross_entropy", "scaled_add"}, dispatch.calls()
         g = grads.flat.copy()
         with dispatch.use("reference"):
             loss_r, grads_r = net.loss_and_grads(x, t)
@@ -690,3 +690,18 @@ def test_guard_names_what_is_not_finite():
     args[1] = g
     dispatch.call(F.nonfinite_guard, *args, scalars=(1, True))
     assert args[6][R.SKIP] == 0  # summed in float64: 1.2e39 is finite there
+
+
+@pytest.mark.parametrize("parallel", [True, False], ids=["parallel", "serial"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scaled_add_matches_reference_bit_for_bit(dtype, parallel, monkeypatch):
+    """g ← g + λ·W (a network's L2 gradient): the same float ops as the reference, in order."""
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 0 if parallel else 1 << 30)
+    rng = np.random.default_rng(5)
+    for size in (0, 1, 1001):
+        g, w = rng.standard_normal(size).astype(dtype), rng.standard_normal(size).astype(dtype)
+        ref = g.copy()
+        dispatch.call(F.scaled_add, g, w, scalars=(1e-3,))
+        assert dispatch.last_path("scaled_add") == "cpu"
+        F.scaled_add(ref, w, 1e-3)
+        np.testing.assert_array_equal(g, ref)

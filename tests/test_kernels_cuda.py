@@ -146,6 +146,13 @@ def _check_layers(dispatch, functional):
                 np.testing.assert_allclose(losses, ref[0], rtol=tol, atol=tol)
                 np.testing.assert_allclose(dx, ref[1], rtol=tol, atol=tol)
             assert set(dispatch.last_path().values()) == {"cuda"}, dispatch.last_path()
+            g, w = rng.standard_normal(n * d).astype(dtype), rng.standard_normal(n * d).astype(
+                dtype)
+            ref = g.copy()
+            dispatch.call(functional.scaled_add, g, w, scalars=(1e-3,), target="cuda")
+            assert not n or dispatch.last_path("scaled_add") == "cuda"
+            functional.scaled_add(ref, w, 1e-3)
+            np.testing.assert_allclose(g, ref, rtol=tol, atol=tol)
         print(f"ok layers {np.dtype(dtype).name}")
 
 
