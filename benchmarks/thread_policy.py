@@ -287,7 +287,7 @@ def fmt(s, unit=" s", digits=2):
     return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
 
 
-def plot(summary, configs, path):
+def plot(summary, configs, path, timeout=None):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,12 +303,18 @@ def plot(summary, configs, path):
         lo = [m - summary[w][c][cfg]["min"] for m, (w, c) in zip(med, groups)]
         hi = [summary[w][c][cfg]["max"] - m for m, (w, c) in zip(med, groups)]
         xs = np.arange(len(groups)) + (k - (len(configs) - 1) / 2) * width
-        ax.bar(xs, med, width, yerr=[lo, hi], color=colors[cfg], label=cfg, capsize=2)
-        for x, m in zip(xs, med):
-            ax.text(x, m, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+        stopped = [timeout is not None and m >= timeout for m in med]
+        ax.bar(xs, med, width, yerr=[lo, hi], color=colors[cfg], label=cfg, capsize=2,
+               hatch=["//" if s else "" for s in stopped])
+        for x, m, h, s in zip(xs, med, hi, stopped):  # a stopped run took at least that
+            ax.text(x, (m + h) * 1.06, f"≥ {m:.0f}\nstopped" if s else f"{m:.1f}",
+                    ha="center", va="bottom", fontsize=7)
     ax.set_xticks(np.arange(len(groups)),
                   [f"{w}\n{'one core busy' if c == 'busy' else 'quiet'}" for w, c in groups])
-    ax.set_ylabel("seconds (whole work, medians over rounds)")
+    ax.set_yscale("log")  # the stopped runs are 20x the others
+    top = max(summary[w][c][cfg]["max"] for w, c in groups for cfg in configs)
+    ax.set_ylim(1, top * 3)
+    ax.set_ylabel("seconds (whole work, medians over rounds; log scale)")
     ax.set_title("accel with no settings against pinned to one thread, beside torch "
                  f"({os.cpu_count()} cores)")
     ax.legend(fontsize=8)
@@ -415,7 +421,7 @@ def main(argv=None):
         dict(meta=meta, summary=summary, ratios=ratios, times=times, search_split=split,
              thresholds=measured_thresholds), indent=1))
     try:
-        plot(summary, configs, out / "thread_policy.png")
+        plot(summary, configs, out / "thread_policy.png", a.timeout)
     except ImportError:
         print("no matplotlib: no plot")
     print(f"wrote {out / 'thread_policy.json'}")
