@@ -214,6 +214,9 @@ _SCRIPT = textwrap.dedent("""
     from accel import MultiLayerNet, Trainer, optim
 
     mode, out = sys.argv[1], sys.argv[2]
+    # Ctrl-C as at a terminal: a process started in the background inherits SIGINT ignored,
+    # and the trainer (rightly) leaves an ignored SIGINT alone
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 6)).astype(np.float32)
     t = rng.integers(0, 3, 64)
