@@ -141,12 +141,6 @@ def array_module(*arrays):
     return np
 
 
-def backend_of(*arrays) -> Backend:
-    """The Backend the arrays live on."""
-    xp = array_module(*arrays)
-    return get_backend("cupy") if xp is not np else get_backend("numpy")
-
-
 def to_numpy(a):
     """A NumPy copy of a CuPy array (or of a device stand-in such as ``accel.opcount``'s
     arrays, which have CuPy's ``get``); NumPy arrays and Python data are returned as arrays."""

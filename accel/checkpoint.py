@@ -216,7 +216,8 @@ class DirectoryLock:
     crashes, so a lock is never left behind; a second run (another process, or another
     Trainer in this one) is refused with DirectoryInUseError. On entry, temporary files that
     a killed save left behind (``.<name>.*.tmp``) are removed: no other writer can be at work.
-    Once a folder has the lock file, every ``save`` into it goes through the lock.
+    While a folder has the lock file, every ``save`` into it goes through the lock. A clean
+    exit removes the file (a killed run leaves it, unheld, for the next run to take).
     """
 
     def __init__(self, folder):
@@ -225,8 +226,10 @@ class DirectoryLock:
 
     def __enter__(self):
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-        if fcntl is not None:
+        while True:
+            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            if fcntl is None:
+                break
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -236,6 +239,11 @@ class DirectoryLock:
                     f"checkpoint folder {str(self.folder)!r} is in use by another run "
                     f"({holder}); give each run its own folder, or wait for that one to "
                     "end") from None
+            if self._is_the_lock_file(fd):
+                break
+            # the holder removed the file as it ended, after we opened it: the lock we got
+            # is on a file no one else will open; take the folder's current one
+            os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(),
                   0)
@@ -256,8 +264,22 @@ class DirectoryLock:
         except OSError:
             return False
 
+    def _is_the_lock_file(self, fd) -> bool:
+        """True when ``fd`` is the file now at ``<folder>/.lock`` (same inode)."""
+        try:
+            here = os.stat(self.folder / LOCK_NAME)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
     def __exit__(self, *exc):
         if self._fd is not None:
+            if fcntl is not None:  # removed while still held: no one can have it open locked
+                try:
+                    os.unlink(self.folder / LOCK_NAME)
+                except OSError:
+                    pass
             os.close(self._fd)  # releases the flock
             self._fd = None
         return False
@@ -296,7 +318,9 @@ def load(path) -> dict:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
                 ValueError, KeyError, TypeError, IndexError, OverflowError, struct.error,
-                NotImplementedError, RuntimeError, MemoryError, RecursionError) as exc:
+                NotImplementedError, RuntimeError) as exc:
+            # not MemoryError: every size is checked against the file's before allocating,
+            # so running out of memory is the machine's state, not a fault of the file
             raise CheckpointError(
                 f"{path}: truncated or corrupted checkpoint ({type(exc).__name__}: {exc})"
             ) from exc
@@ -320,7 +344,11 @@ def _read(f, path: Path) -> dict:
         if info.file_size > MAX_HEADER_BYTES:
             raise CheckpointError(f"{path}: {HEADER_NAME} claims {info.file_size} bytes, more "
                                   f"than a checkpoint header can have ({MAX_HEADER_BYTES})")
-        header = json.loads(zf.read(HEADER_NAME).decode("utf-8"))
+        try:
+            header = json.loads(zf.read(HEADER_NAME).decode("utf-8"))
+        except RecursionError:
+            raise CheckpointError(f"{path}: {HEADER_NAME} is nested too deeply to be a "
+                                  "checkpoint header") from None
         _check_header(header, path)
         arrays = {name: _read_array(zf, names, name, spec, path)
                   for name, spec in header.pop("arrays").items()}

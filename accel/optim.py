@@ -112,7 +112,7 @@ class Optimizer:
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}")
         if state_dict["type"] != type(self).__name__:
-            raise ValueError(f"state_dict is of a {state_dict['type']!r} optimizer, "
+            raise ValueError(f"state_dict is of optimizer {state_dict['type']!r}, "
                              f"this one is {type(self).__name__!r}")
         hp = state_dict["hyperparameters"]
         names = set(self.hyperparameters())

@@ -61,7 +61,6 @@ import importlib
 import json
 import math
 import multiprocessing as mp
-import numbers
 import os
 import pickle
 import socket
@@ -106,19 +105,14 @@ class TrialsFailedError(RuntimeError):
     """More trials failed (the objective returned NaN) than ``max_failed`` allows."""
 
 
-def _finite(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    return float(v)
-
-
 def log_uniform(low, high) -> FloatDistribution:
     """10^U(log10 low, log10 high): every decade between low and high equally likely."""
-    return FloatDistribution(_finite("low", low), _finite("high", high), log=True)
+    return FloatDistribution(checks.number("low", low, low=0, open_low=True),
+                             checks.number("high", high, low=0, open_low=True), log=True)
 
 
 def uniform(low, high) -> FloatDistribution:
-    return FloatDistribution(_finite("low", low), _finite("high", high))
+    return FloatDistribution(checks.number("low", low), checks.number("high", high))
 
 
 def _book_space():

@@ -503,7 +503,7 @@ class Trainer:
                              f"epochs={self.epochs}; pass epochs >= {tr['epoch']}")
         opt = state["optimizer"]
         if opt["type"] != type(self.optimizer).__name__:
-            raise ValueError(f"saved with a {opt['type']} optimizer, this trainer has "
+            raise ValueError(f"saved with optimizer {opt['type']}, this trainer has "
                              f"{type(self.optimizer).__name__}")
         history = History.from_dict(tr["history"])
         epoch, offset, rng = tr["epoch"], tr["offset"], tr["rng"]
@@ -516,8 +516,8 @@ class Trainer:
         for i, hook in self._stateful_hooks():
             saved = hooks.get(str(i))
             if saved is not None and saved.get("type") != type(hook).__name__:
-                raise ValueError(f"on_evaluate[{i}] is a {type(hook).__name__}, the checkpoint "
-                                 f"holds the state of a {saved.get('type')}")
+                raise ValueError(f"on_evaluate[{i}] is {type(hook).__name__}, the checkpoint "
+                                 f"holds the state of {saved.get('type')}")
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(opt, backend=self.network.backend)
         self.rng.bit_generator.state = rng

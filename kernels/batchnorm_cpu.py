@@ -46,6 +46,9 @@ from .cpu_jit import jit, serial_twins
 ROWS_PER_CHUNK = 64  # at least this many rows per parallel chunk of the column sums
 MAX_CHUNKS = 64
 ROW_BLOCK = 4  # rows summed in registers before a chunk's column sums are loaded and stored
+# The row-block loop is written out in both kernels: as one helper taking the summed terms as
+# a function it gave the same bits, but Numba cannot cache a kernel that passes a function
+# ("dynamic globals": a compile in every process) and the forward ran 5-8 % slower.
 
 
 @njit(cache=True)

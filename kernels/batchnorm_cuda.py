@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from .cuda_jit import cuda, float64, grid_stride, jit
+from .cuda_jit import cuda, float64, grid_stride, jit, tree_sum
 
 COLS, ROWS = 32, 16  # the reduction block: COLS columns × ROWS row lanes (ROWS a power of 2)
 
@@ -64,14 +64,8 @@ def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum,
             qj += xk * xk
     s[ty, tx] = sj
     q[ty, tx] = qj
-    cuda.syncthreads()
-    step = ROWS // 2
-    while step > 0:
-        if ty < step:
-            s[ty, tx] += s[ty + step, tx]
-            q[ty, tx] += q[ty + step, tx]
-        cuda.syncthreads()
-        step //= 2
+    tree_sum(s[:, tx], ty, ROWS)
+    tree_sum(q[:, tx], ty, ROWS)
     if ty == 0 and j < d:
         sj, qj = s[0, tx], q[0, tx]
         var = (qj - sj * sj / n) / n
@@ -111,14 +105,8 @@ def batchnorm_backward(dy, x, gamma, mean, invstd, dgamma, dbeta, dx):
             qj += dy[i, j] * xhat
     s[ty, tx] = sj
     q[ty, tx] = qj
-    cuda.syncthreads()
-    step = ROWS // 2
-    while step > 0:
-        if ty < step:
-            s[ty, tx] += s[ty + step, tx]
-            q[ty, tx] += q[ty + step, tx]
-        cuda.syncthreads()
-        step //= 2
+    tree_sum(s[:, tx], ty, ROWS)
+    tree_sum(q[:, tx], ty, ROWS)
     if ty == 0 and j < d:
         dbeta[j] = s[0, tx]
         dgamma[j] = q[0, tx]

@@ -11,7 +11,7 @@ the ticket for the next launch. The factor stays on the device: nothing is read 
 
 import math
 
-from .cuda_jit import cuda, float64, int32, jit
+from .cuda_jit import cuda, float64, int32, jit, tree_sum
 
 THREADS = 256  # a power of 2 (the tree)
 MAX_BLOCKS = 64  # at most part.size (accel.dispatch's workspace for this op)
@@ -27,13 +27,7 @@ def clip_factor(g, clip, max_norm, eps, last, part, ticket):
         x = float64(g[i])  # squares in float64, as the reference's
         value += x * x
     s[tx] = value
-    cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if tx < step:
-            s[tx] += s[tx + step]
-        cuda.syncthreads()
-        step //= 2
+    tree_sum(s, tx, THREADS)
     if tx == 0:
         part[cuda.blockIdx.x] = s[0]
         cuda.threadfence()

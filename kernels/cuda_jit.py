@@ -29,6 +29,25 @@ else:
 
 jit = cuda.jit(cache=True)
 
+
+@cuda.jit(device=True, inline="always")
+def tree_sum(s, lane, lanes):
+    """s[0] = Σ s[0:lanes], added pairwise in a block's shared memory: called by every thread
+    of the block after it wrote s[lane]; ``lanes`` a power of 2. Ends synchronized. For the
+    column sums of a (rows, cols) tile, ``s[:, column]`` with lane = the thread's row.
+
+    inline="always": spliced into each kernel's IR, so a kernel compiles without a GPU (a
+    called device function asks the driver for the compute capability), with the registers
+    of the written-out loop (±2, no spills: ``benchmarks/gpu_check.py --compile-only``). A
+    kernel's on-disk cache does not see edits made here: clear ``kernels/__pycache__``."""
+    cuda.syncthreads()
+    step = lanes // 2
+    while step > 0:
+        if lane < step:
+            s[lane] += s[lane + step]
+        cuda.syncthreads()
+        step //= 2
+
 # Grid-stride loops cover any size with any grid; more blocks than this only add scheduling.
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 4096

@@ -12,7 +12,7 @@ next launch. So the decision stays on the device: nothing is read back.
 
 import math
 
-from .cuda_jit import cuda, float64, int32, jit
+from .cuda_jit import cuda, float64, int32, jit, tree_sum
 from .guard_record import FIRST, FLAGS, GRADIENT, LOSS, SKIP, SKIPPED, STATISTICS, WHAT
 
 THREADS = 256  # a power of 2 (the tree)
@@ -35,13 +35,7 @@ def nonfinite_guard(loss, g, g_starts, buffers, buffer_starts, saved, record, it
             for i in range(tx, buffers.size, THREADS):
                 value += buffers[i]
         s[tx] = value
-        cuda.syncthreads()
-        step = THREADS // 2
-        while step > 0:
-            if tx < step:
-                s[tx] += s[tx + step]
-            cuda.syncthreads()
-            step //= 2
+        tree_sum(s, tx, THREADS)
         if part == 0:
             if tx == 0:
                 cuda.atomic.add(acc, 0, s[0])

@@ -10,7 +10,7 @@ shared-memory tree adds the ROWS partial sums. Parallelism for the book's shapes
 
 import math
 
-from .cuda_jit import cuda, float64, grid_stride, jit
+from .cuda_jit import cuda, float64, grid_stride, jit, tree_sum
 
 COLS, ROWS = 32, 8  # the column-sum block: COLS columns × ROWS row lanes (ROWS a power of 2)
 
@@ -51,13 +51,7 @@ def activation_backward_bias(dout, out, db, act, dy):
                 dy[i, j] = dout[i, j] * (one - o * o)
             s += dy[i, j]
     partial[ty, tx] = s
-    cuda.syncthreads()
-    step = ROWS // 2
-    while step > 0:
-        if ty < step:
-            partial[ty, tx] += partial[ty + step, tx]
-        cuda.syncthreads()
-        step //= 2
+    tree_sum(partial[:, tx], ty, ROWS)
     if ty == 0 and j < d:
         db[j] = partial[0, tx]
 

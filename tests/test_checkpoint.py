@@ -191,7 +191,7 @@ def test_state_dict_is_a_snapshot_and_load_checks_it():
     m = sd["state"]["flat"]["m"].copy()
     opt.update(net.params, net.gradient(x, t))
     np.testing.assert_array_equal(sd["state"]["flat"]["m"], m)
-    with pytest.raises(ValueError, match="'Adam' optimizer, this one is 'SGD'"):
+    with pytest.raises(ValueError, match="optimizer 'Adam', this one is 'SGD'"):
         optim.SGD(0.1).load_state_dict(sd)
     bad = dict(sd, hyperparameters=dict(sd["hyperparameters"], beta1=1.5))
     with pytest.raises(ValueError, match="beta1 must be in"):
@@ -382,3 +382,30 @@ def test_a_format_1_network_file_still_loads(tmp_path):
     back = MultiLayerNet.load(path, backend="numpy")
     np.testing.assert_array_equal(back.params.flat, net.params.flat)
     np.testing.assert_array_equal(back.buffers.flat, net.buffers.flat)
+
+
+def test_a_header_nested_too_deeply_is_a_damaged_file(tmp_path):
+    path = tmp_path / "net.npz"
+    small_net("numpy").save(path)
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["header.json"] = b"[" * 100_000 + b"]" * 100_000
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+    with pytest.raises(CheckpointError, match="net.npz: header.json is nested too deeply"):
+        checkpoint.load(path)
+
+
+def test_running_out_of_memory_is_not_called_a_corrupt_file(tmp_path, monkeypatch):
+    """Sizes are checked against the file before allocating: a MemoryError while reading a
+    sound file is the machine's, and reaches the caller as itself."""
+    path = tmp_path / "net.npz"
+    small_net("numpy").save(path)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("no room for the array")
+
+    monkeypatch.setattr(checkpoint.np, "frombuffer", no_memory)
+    with pytest.raises(MemoryError, match="no room"):
+        checkpoint.load(path)

@@ -256,3 +256,33 @@ def test_nonfinite_running_statistics_skip_keeps_them_finite():
     unguarded = _exploding(None)
     unguarded.fit()
     assert not np.isfinite(unguarded.network.buffers.flat).all()  # what the guard prevents
+
+
+def test_a_clean_exit_leaves_no_lock_file(tmp_path):
+    _trainer("numpy", tmp_path, epochs=1).fit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.npz"]
+    _trainer("numpy", tmp_path, epochs=2, resume=True).fit()  # and the folder is free again
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_lock_on_a_file_removed_meanwhile_is_retaken_on_the_new_one(tmp_path, monkeypatch):
+    """A run that opened .lock just before its holder ended and removed it must not lock
+    that orphan: a third run would create a new .lock and both would write."""
+    from accel import checkpoint
+
+    real_open, opened = os.open, []
+
+    def open_then_lose_the_race(path, *args):
+        fd = real_open(path, *args)
+        if not opened:  # the holder ends between our open and our flock
+            os.unlink(path)
+        opened.append(fd)
+        return fd
+
+    monkeypatch.setattr(checkpoint.os, "open", open_then_lose_the_race)
+    with checkpoint.DirectoryLock(tmp_path) as lock:
+        assert len(opened) == 2
+        held = os.fstat(lock._fd)
+        here = os.stat(tmp_path / ".lock")
+        assert (held.st_ino, held.st_dev) == (here.st_ino, here.st_dev)
+    assert not (tmp_path / ".lock").exists()
