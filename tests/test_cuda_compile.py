@@ -1,7 +1,7 @@
 """Every CUDA kernel compiles for real GPUs (sm_80, sm_90), here, without one.
 
 ``benchmarks/gpu_check.py --compile-only`` runs once, in a subprocess (it compiles with
-``accel.cuda_compile.compile_all``: PTX from NVVM, then ptxas or nvJitLink for registers and
+``accel.dev.cuda_compile.compile_all``: PTX from NVVM, then ptxas or nvJitLink for registers and
 spills), and the tests read its JSON: every kernel × dtype × compute capability is listed and
 ok, has a PTX ``.entry``, spills nothing and fits its launch's block. NVVM comes with the dev
 extra (``numba-cuda[cu13]``); where it cannot load the tests fail and say why, unless
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from accel import cuda_compile, dispatch
+from accel import dispatch
+from accel.dev import cuda_compile
 
 ROOT = Path(__file__).resolve().parents[1]
 OPT_OUT = "ACCEL_SKIP_CUDA_COMPILE"

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from . import dispatch
+from .. import dispatch
 
 CCS = ((8, 0), (9, 0))  # A100, H100
 DTYPES = ("float32", "float64")
