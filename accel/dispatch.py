@@ -8,7 +8,7 @@
   → the reference function in ``accel.functional``.
 
 ``OPS`` pairs each reference function with its kernels, explicitly, and says what each
-kernel parameter is (``Op.kinds``). A ``Plan`` is one op prepared for one set of arrays
+kernel parameter is (``Op.spec``). A ``Plan`` is one op prepared for one set of arrays
 (types, shapes, dtypes): the checks, the path, the kernel, its launch shape and the output
 buffers are decided once, so a call costs little more than calling the kernel itself. A
 ``Site`` is a place in the code that calls an op again and again (a layer's forward, an
@@ -37,6 +37,7 @@ import inspect
 import logging
 import operator
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,61 +76,126 @@ _stand_ins: dict = {}  # array type → StandIn: NumPy arrays that stand for a d
 # -- the table: reference function → kernels
 
 
+# One token per kernel parameter, in order: its role, its element type, its dimensions.
+_TOKEN = re.compile(r"(?P<role>[rwoz])(?P<type>[fidl]?)(?P<ndim>[12])|(?P<fixed>[sk])")
+_ROLES = re.compile(r"[rw]+s*o*z*k?")  # the reference's arrays and scalars, then the kernel's
+_INT64 = np.dtype(np.int64)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel parameter of an ``Op``: ``role``, element ``type`` and ``ndim`` as the
+    kernel takes it (0: a scalar); see ``Op``."""
+
+    role: str
+    type: str
+    ndim: int
+
+    def dtype(self, first) -> np.dtype:
+        """Its NumPy dtype when the first array's is ``first`` (labels: class ids, int64)."""
+        return np.dtype(first) if self.type == "f" else _INT64 if self.type in "il" else _F64
+
+
+def parse_params(spec: str) -> tuple:
+    """``Op.spec`` as Params: "w1 r1 rd1 s k" → (w, f, 1), (r, f, 1), (r, d, 1), (s, d, 0),
+    (k, i, 1)."""
+    out = []
+    for token in spec.split():
+        m = _TOKEN.fullmatch(token)
+        if m is None:
+            raise ValueError(f"parameter {token!r} in {spec!r}: want a role r/w/o/z, an "
+                             "optional type f/i/d/l and 1 or 2 dimensions, or s, or k")
+        if m["fixed"] == "s":
+            out.append(Param("s", "d", 0))
+        elif m["fixed"] == "k":
+            out.append(Param("k", "i", 1))
+        else:
+            out.append(Param(m["role"], m["type"] or "f", int(m["ndim"])))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Op:
     """A reference function and its kernels ``accel.kernels.<family>_{cpu,cuda}.<kernel>``.
 
-    ``kinds`` has one letter per kernel parameter, in order: the reference's parameters
-    first (``r`` an array it reads, ``w`` an array it updates in place, ``s`` a scalar), then
-    the kernel's own: ``o`` an output the op allocates and returns, ``z`` a zeroed workspace
-    (``work``: its shapes and dtypes), ``k`` the non-finite guard's record (the kernel
-    changes nothing when record[SKIP] is set). ``shapes(arrays)`` is the shape each of the
-    reference's arrays must have, ``outputs(arrays)`` the shapes of the ``o`` arrays.
-    Arrays are of the first array's float dtype, but ``ints`` (int64: class ids, offsets,
-    the record), ``doubles`` (float64 whatever the dtype: the gradient-clipping factor) and
-    ``labels`` (class ids, int64, or one-hot rows of floats).
+    ``spec`` declares every kernel parameter, in order, as one token: role, element type
+    (optional), dimensions as the kernel takes them. The reference's parameters come first,
+    then the kernel's own:
+
+    - role: ``r`` an array the reference reads, ``w`` one it updates in place, ``s`` a scalar
+      (float64: the dispatch passes Python floats); ``o`` an output the op allocates and
+      returns, ``z`` a zeroed workspace (``work``: its shapes), ``k`` the non-finite guard's
+      record (int64, 1-D: the kernel changes nothing when record[SKIP] is set);
+    - type: ``f`` the first array's float dtype (the default), ``i`` int64 (class ids,
+      offsets, a record), ``d`` float64 whatever the dtype (the gradient-clipping array),
+      ``l`` labels: class ids, int64, or one-hot rows of floats (which take the reference:
+      ``takes``);
+    - dimensions: 1 or 2. ``flat`` ops are elementwise: the kernel takes every array as a 1-D
+      view, whatever its shape.
+
+    ``shapes(arrays)`` is the shape each of the reference's arrays must have, ``outputs(arrays)``
+    the shapes of the ``o`` arrays. By default, for a ``flat`` op every array has the first
+    array's shape; otherwise the first array is a matrix (N, D), a 2-D parameter (N, D) and a
+    1-D one (D,). ``takes(arrays)`` False: the kernel cannot, the reference runs.
+
+    Derived from the spec once, here, so that a call reads them as they are: ``params`` (the
+    Params), ``roles`` (their role letters), ``n_arrays`` (the reference's arrays, which come
+    before its scalars), ``types`` (the type letters of those), ``record`` (the kernel takes
+    the guard's record), ``work_params`` ((shape, Param) of each workspace), and the indices
+    of the reference's arrays by type: ``labels``, ``ints``, ``doubles``.
     """
 
     family: str
     kernel: str
-    kinds: str
-    shapes: Callable
-    outputs: Callable = lambda arrays: ()
-    takes: Callable = lambda arrays: True  # False: the kernel cannot, the reference runs
-    labels: tuple = ()
-    ints: tuple = ()
-    doubles: tuple = ()
-    flat: bool = False  # elementwise: the kernel takes the arrays as 1-D views
-    work: tuple = ()  # (shape, dtype) of each ``z`` array
+    spec: str
+    shapes: Callable | None = None
+    outputs: Callable | None = None
+    takes: Callable = lambda arrays: True
+    flat: bool = False
+    work: tuple = ()  # the shape of each ``z`` array
 
-    @property
-    def n_arrays(self) -> int:
-        """The reference's array parameters (they come before its scalars)."""
-        return self.kinds.index("s") if "s" in self.kinds else len(self.kinds.rstrip("ozk"))
+    def __post_init__(self):
+        params = parse_params(self.spec)
+        roles = "".join(p.role for p in params)
+        if not _ROLES.fullmatch(roles) or roles.count("z") != len(self.work):
+            raise ValueError(f"{self.kernel}: spec {self.spec!r} must list the reference's "
+                             "arrays (r, w), its scalars (s), then outputs (o), workspaces "
+                             f"(z: {len(self.work)} in work) and the record (k)")
+        if self.flat and (any(p.ndim > 1 for p in params) or "o" in roles and not self.outputs):
+            raise ValueError(f"{self.kernel}: a flat op's kernel takes 1-D arrays, got "
+                             f"{self.spec!r}; its outputs' shapes are given by outputs=")
+        n = len(roles) - len(roles.lstrip("rw"))
+        arrays = params[:n]
+        derived = dict(
+            params=params, roles=roles, n_arrays=n, record="k" in roles,
+            work_params=tuple(zip(self.work, [p for p in params if p.role == "z"])),
+            types="".join(p.type for p in arrays),
+            labels=tuple(i for i, p in enumerate(arrays) if p.type == "l"),
+            ints=tuple(i for i, p in enumerate(arrays) if p.type == "i"),
+            doubles=tuple(i for i, p in enumerate(arrays) if p.type == "d"))
+        outs = [p.ndim for p in params if p.role == "o"]
+        if self.shapes is None:
+            derived["shapes"] = _same_shape(n) if self.flat else _matrix(
+                [p.ndim for p in arrays])
+        if self.outputs is None:
+            derived["outputs"] = _matrix(outs) if outs else lambda arrays: ()
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
-    @property
-    def reads(self) -> tuple:
-        return tuple(i for i, k in enumerate(self.kinds[:self.n_arrays]) if k == "r")
+
+def _same_shape(n):
+    """Shapes for an elementwise op: ``n`` times the first array's."""
+    return lambda arrays: [arrays[0].shape] * n
 
 
-def _matrix_and_vectors(*kinds):
-    """Shapes for an (N, D) op: "x" arguments are (N, D), "d" arguments (D,), "n" (N,)."""
-    first_x = kinds.index("x")
-
+def _matrix(ndims):
+    """Shapes for an (N, D) op: (N, D) for a 2-D parameter, (D,) for a 1-D one."""
     def shapes(arrays):
-        shape = arrays[first_x].shape
+        shape = arrays[0].shape
         if len(shape) != 2:
             raise ValueError(f"this op takes a matrix of shape (N, D), got shape {shape}")
-        by_kind = {"x": shape, "d": shape[1:], "n": shape[:1]}
-        return [by_kind[k] for k in kinds]
+        return [shape if ndim == 2 else shape[1:] for ndim in ndims]
     return shapes
-
-
-def _outputs(*kinds):
-    def outputs(arrays):
-        n, d = arrays[0].shape
-        return [{"x": (n, d), "d": (d,), "n": (n,)}[k] for k in kinds]
-    return outputs
 
 
 def _scores_and_labels(arrays):
@@ -144,11 +210,10 @@ def _optimizer_shapes(arrays):
     return [arrays[0].shape] * (len(arrays) - 1) + [(2,)]
 
 
-def _optimizer(kernel, kinds):
-    """An optimizer rule's Op: (p, g, *state, clip) then scalars, elementwise, the clip
-    factor [factor, Σg² so far] in float64."""
-    return Op("optim", kernel, kinds, _optimizer_shapes, flat=True,
-              doubles=(kinds.index("s") - 1,))
+def _optimizer(kernel, spec):
+    """An optimizer rule's Op: (p, g, *state, clip) then scalars, elementwise; the clip
+    array [factor, Σg² so far] is float64."""
+    return Op("optim", kernel, spec, _optimizer_shapes, flat=True)
 
 
 def _guard_shapes(arrays):
@@ -157,39 +222,33 @@ def _guard_shapes(arrays):
             (buffers.size,), buffer_starts.shape, (buffers.size,), record.shape]
 
 
+# Parameters as ``Op`` declares them: role r/w/s/o/z/k, type f (default)/i/d/l, dimensions.
 OPS: dict[Callable, Op] = {
-    F.sgd: _optimizer("sgd", "wrrsssk"),
-    F.momentum: _optimizer("momentum", "wrwrsssssk"),
-    F.nesterov: _optimizer("nesterov", "wrwrssssk"),
-    F.adagrad: _optimizer("adagrad", "wrwrssssk"),
-    F.rmsprop: _optimizer("rmsprop", "wrwrsssssk"),
-    F.adadelta: _optimizer("adadelta", "wrwwrsssssk"),
-    F.adam: _optimizer("adam", "wrwwrsssssssssk"),
+    # p, g, state..., clip; the scalars; the record
+    F.sgd: _optimizer("sgd", "w1 r1 rd1 s s s k"),
+    F.momentum: _optimizer("momentum", "w1 r1 w1 rd1 s s s s s k"),
+    F.nesterov: _optimizer("nesterov", "w1 r1 w1 rd1 s s s s k"),
+    F.adagrad: _optimizer("adagrad", "w1 r1 w1 rd1 s s s s k"),
+    F.rmsprop: _optimizer("rmsprop", "w1 r1 w1 rd1 s s s s s k"),
+    F.adadelta: _optimizer("adadelta", "w1 r1 w1 w1 rd1 s s s s s k"),
+    F.adam: _optimizer("adam", "w1 r1 w1 w1 rd1 s s s s s s s s s k"),
     # workspace: the blocks' (CUDA) or chunks' (CPU) sums, room for clip_cuda.MAX_BLOCKS; the
     # CUDA blocks' ticket
-    F.clip_factor: Op("clip", "clip_factor", "rwssszz", lambda a: [a[0].shape, (2,)],
-                      doubles=(1,), flat=True, work=(((64,), np.float64), ((1,), np.int64))),
-    F.batchnorm_forward_train: Op(
-        "batchnorm", "batchnorm_forward_train", "rrrwwssooo",
-        _matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x", "d", "d"),
-        takes=lambda a: a[0].shape[0] > 0),
-    F.batchnorm_forward_eval: Op(
-        "batchnorm", "batchnorm_forward_eval", "rrrrrso",
-        _matrix_and_vectors("x", "d", "d", "d", "d"), outputs=_outputs("x")),
-    F.batchnorm_backward: Op(
-        "batchnorm", "batchnorm_backward", "rrrrrwwo",
-        _matrix_and_vectors("x", "x", "d", "d", "d", "d", "d"), outputs=_outputs("x")),
-    F.bias_activation: Op("layers", "bias_activation", "wrs", _matrix_and_vectors("x", "d")),
-    F.activation_backward_bias: Op(
-        "layers", "activation_backward_bias", "rrwso", _matrix_and_vectors("x", "x", "d"),
-        outputs=_outputs("x")),
-    F.softmax_cross_entropy: Op(
-        "layers", "softmax_cross_entropy", "rroo", _scores_and_labels,
-        outputs=_outputs("n", "x"), labels=(1,), takes=lambda a: a[1].ndim == 1),
-    F.scaled_add: Op("layers", "scaled_add", "wrs", lambda a: [a[0].shape] * 2, flat=True),
-    F.nonfinite_guard: Op(
-        "guard", "nonfinite_guard", "rrrwrwwsszz", _guard_shapes, ints=(2, 4, 6),
-        flat=True, work=(((1,), np.float64), ((1,), np.int64))),
+    F.clip_factor: Op("clip", "clip_factor", "r1 wd1 s s s zd1 zi1",
+                      lambda a: [a[0].shape, (2,)], flat=True, work=((64,), (1,))),
+    F.batchnorm_forward_train: Op("batchnorm", "batchnorm_forward_train",
+                                  "r2 r1 r1 w1 w1 s s o2 o1 o1", takes=lambda a: a[0].shape[0] > 0),
+    F.batchnorm_forward_eval: Op("batchnorm", "batchnorm_forward_eval", "r2 r1 r1 r1 r1 s o2"),
+    F.batchnorm_backward: Op("batchnorm", "batchnorm_backward", "r2 r2 r1 r1 r1 w1 w1 o2"),
+    F.bias_activation: Op("layers", "bias_activation", "w2 r1 s"),
+    F.activation_backward_bias: Op("layers", "activation_backward_bias", "r2 r2 w1 s o2"),
+    F.softmax_cross_entropy: Op("layers", "softmax_cross_entropy", "r2 rl1 o1 o2",
+                                _scores_and_labels, lambda a: [a[0].shape[:1], a[0].shape],
+                                takes=lambda a: a[1].ndim == 1),
+    F.scaled_add: Op("layers", "scaled_add", "w1 r1 s", flat=True),
+    # loss, g, g_starts, buffers, buffer_starts, saved, record; 2 scalars; 2 workspaces
+    F.nonfinite_guard: Op("guard", "nonfinite_guard", "r1 r1 ri1 w1 ri1 w1 wi1 s s zd1 zi1",
+                          _guard_shapes, flat=True, work=((1,), (1,))),
 }
 _NAMES = {ref: tuple(inspect.signature(ref).parameters) for ref in OPS}
 
@@ -394,27 +453,31 @@ def _cupy_stream() -> int:
 # -- argument checks and conversion (both paths)
 
 
+_TYPE_NAME = {"f": "a float", "i": "an integer", "d": "a float64", "l": "a float or integer"}
+
+
 def _check(op: Op, names, arrays):
     """Types, dtypes and shapes of the reference's arrays: TypeError/ValueError naming the
     argument, before anything runs."""
-    for i, a in enumerate(arrays):
+    for name, a, type_ in zip(names, arrays, op.types):
         dtype = getattr(a, "dtype", None)
         kind = getattr(dtype, "kind", None)
-        if i in op.ints:
+        if type_ == "f":
+            ok = kind == "f"
+        elif type_ == "i":
             ok = kind in ("i", "u")
-        elif i in op.doubles:
-            ok = dtype == np.float64
-        else:
-            ok = kind == "f" or (i in op.labels and kind in ("i", "u"))
+        elif type_ == "d":
+            ok = dtype == _F64
+        else:  # labels
+            ok = kind in ("f", "i", "u")
         if not ok:
-            want = "an integer" if i in op.ints else "a float64" if i in op.doubles else "a float"
-            raise TypeError(f"{names[i]} must be {want} array, got "
+            raise TypeError(f"{name} must be {_TYPE_NAME[type_]} array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
     for name, a, shape in zip(names, arrays, op.shapes(arrays)):
         if a.shape != shape:
             raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
-    for i, (name, a) in enumerate(zip(names, arrays)):
-        if op.kinds[i] == "w" and not _writeable(a):
+    for name, a, role in zip(names, arrays, op.roles):
+        if role == "w" and not _writeable(a):
             raise ValueError(f"{name} is read-only; it is updated in place and must be "
                              "writable")
 
@@ -428,14 +491,15 @@ def _converted(op: Op, names, arrays):
     """The arrays as the kernel takes them: (arrays, [(copy, original)] to write back)."""
     dtype = arrays[0].dtype
     out, written = [], []
-    for i, (name, a) in enumerate(zip(names, arrays)):
-        want = np.dtype(np.int64) if i in op.ints or (
-            i in op.labels and a.dtype.kind in "iu") else _F64 if i in op.doubles else dtype
+    for name, a, type_, role in zip(names, arrays, op.types, op.roles):
+        # labels: class ids as int64, one-hot rows as the first array's floats
+        want = dtype if type_ == "f" or type_ == "l" and a.dtype.kind == "f" \
+            else _F64 if type_ == "d" else _INT64
         if a.flags.c_contiguous and a.dtype == want:
             out.append(a)  # the common case: nothing to convert (NumPy or CuPy alike)
             continue
         xp = array_module(a)
-        if op.kinds[i] == "r":
+        if role == "r":
             out.append(xp.ascontiguousarray(a, dtype=want))
             continue
         if a.dtype != want:
@@ -475,7 +539,7 @@ class Plan:
             self.kernel = _kernel(op, self.target, plain[0].size)
         xp = array_module(plain[0])
         self.xp = xp
-        self.no_record = xp.zeros(FLAGS, dtype=np.int64) if "k" in op.kinds else None
+        self.no_record = xp.zeros(FLAGS, dtype=np.int64) if op.record else None
         self.run = self._run
         if self.kernel is None:
             self.outputs, self.work = [], []
@@ -484,7 +548,7 @@ class Plan:
         self.output_shapes = op.outputs(converted)
         self.outputs = [xp.empty(shape, dtype) for shape in self.output_shapes] if reuse \
             else self.output_shapes
-        self.work = [xp.zeros(shape, wdtype) for shape, wdtype in op.work]
+        self.work = [xp.zeros(shape, p.dtype(dtype)) for shape, p in op.work_params]
         kernel_in = [a.reshape(-1) for a in converted] if op.flat else converted
         if self.target == "cuda":
             self.launch = kernels(op.family, "cuda").launch(op.kernel, *kernel_in)
@@ -567,8 +631,7 @@ class Plan:
             return result
         _record(op.kernel, "reference")
         converted, written = _converted(op, self.names, arrays)
-        reads = [c if op.kinds[i] == "r" else a for i, (a, c) in enumerate(zip(arrays,
-                                                                               converted))]
+        reads = [c if role == "r" else a for a, c, role in zip(arrays, converted, op.roles)]
         if record is None:
             return self.reference(*reads, *scalars)
         return _skipping(self.reference, reads, scalars, record, self.names)
@@ -584,11 +647,11 @@ def _skipping(rule, arrays, scalars, record, names):
         k = names.index("t") - len(arrays)
         scalars[k] = scalars[k] - record[SKIPPED]  # a device scalar on CuPy: nothing read
     op = OPS[rule]
-    copies = [a.copy() if op.kinds[i] == "w" else a for i, a in enumerate(arrays)]
+    copies = [a.copy() if role == "w" else a for a, role in zip(arrays, op.roles)]
     rule(*copies, *scalars)
     keep = record[SKIP:SKIP + 1] == 0
-    for i, (a, c) in enumerate(zip(arrays, copies)):
-        if op.kinds[i] == "w":
+    for a, c, role in zip(arrays, copies, op.roles):
+        if role == "w":
             xp.copyto(a, c, where=keep)
 
 

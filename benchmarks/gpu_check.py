@@ -240,7 +240,8 @@ def stage_kernels(quick, emit):
 
 
 def _kernel_rows(cp, rng, quick, launch, rows, emit):
-    from accel import cuda_compile, dispatch
+    from accel import dispatch
+    from accel.dev import cuda_compile
 
     for ref, op, kernel in cuda_compile.cuda_kernels():
         if op.kernel == "nonfinite_guard":
@@ -506,7 +507,7 @@ def stage_tests(quick, emit):
 
 
 def stage_compile(quick, emit):
-    from accel import cuda_compile
+    from accel.dev import cuda_compile
 
     t0 = time.perf_counter()
     info = cuda_compile.compile_all()

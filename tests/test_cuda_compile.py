@@ -1,22 +1,26 @@
 """Every CUDA kernel compiles for real GPUs (sm_80, sm_90), here, without one.
 
 ``benchmarks/gpu_check.py --compile-only`` runs once, in a subprocess (it compiles with
-``accel.cuda_compile.compile_all``: PTX from NVVM, then ptxas or nvJitLink for registers and
+``accel.dev.cuda_compile.compile_all``: PTX from NVVM, then ptxas or nvJitLink for registers and
 spills), and the tests read its JSON: every kernel × dtype × compute capability is listed and
 ok, has a PTX ``.entry``, spills nothing and fits its launch's block. NVVM comes with the dev
 extra (``numba-cuda[cu13]``); where it cannot load the tests fail and say why, unless
 ``ACCEL_SKIP_CUDA_COMPILE=1`` opts out.
 """
 
+import inspect
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from accel import cuda_compile, dispatch
+from accel import dispatch
+from accel import functional as F
+from accel.dev import cuda_compile
 
 ROOT = Path(__file__).resolve().parents[1]
 OPT_OUT = "ACCEL_SKIP_CUDA_COMPILE"
@@ -101,9 +105,51 @@ def test_a_kernel_that_does_not_type_fails():
     def broken(x, out):
         out[0] = x[0].no_such_attribute
 
-    op = dispatch.Op("layers", "broken", "ro", shapes=lambda a: [a[0].shape],
-                     outputs=lambda a: [(1,)], flat=True)
+    op = dispatch.Op("layers", "broken", "r1 o1", outputs=lambda a: [(1,)], flat=True)
     _, kinds, _ = cuda_compile.launch_arguments(lambda x: None, op, broken, "float64")
     with pytest.raises(Exception, match="no_such_attribute") as err:
         cuda_compile.compile_ptx(broken, cuda_compile.signature(kinds), (8, 0))
     assert type(err.value).__name__ == "TypingError"
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_each_kernel_takes_the_parameters_its_op_declares(target):
+    """The reference's parameters, then the kernel's own: as many as ``Op.spec`` lists."""
+    for ref, op in dispatch.OPS.items():
+        kernel = dispatch.kernels(op.family, target).KERNELS[op.kernel]
+        names = list(inspect.signature(kernel.py_func).parameters)
+        ref_names = list(inspect.signature(ref).parameters)
+        assert names[:len(ref_names)] == ref_names, op.kernel
+        assert len(names) == len(op.params), (op.kernel, names, op.spec)
+        # the reference's: arrays and scalars; the kernel's own: outputs, workspaces, record
+        assert len(op.roles.rstrip("ozk")) == len(ref_names), (op.kernel, op.spec)
+
+
+def test_an_op_declaration_reads_as_documented():
+    op = dispatch.OPS[F.softmax_cross_entropy]
+    P = dispatch.Param
+    assert op.params == (P("r", "f", 2), P("r", "l", 1), P("o", "f", 1), P("o", "f", 2))
+    assert (op.roles, op.n_arrays, op.labels, op.ints, op.doubles) == ("rroo", 2, (1,), (), ())
+    adam = dispatch.OPS[F.adam]
+    assert adam.roles == "wrwwr" + "s" * 9 + "k" and adam.record and adam.doubles == (4,)
+    guard = dispatch.OPS[F.nonfinite_guard]
+    assert guard.ints == (2, 4, 6) and [p.dtype("float32") for _, p in guard.work_params] == [
+        np.float64, np.int64]
+    bn = dispatch.OPS[F.batchnorm_backward]
+    x, v = np.zeros((5, 3)), np.zeros(3)
+    assert bn.shapes([x, x, v, v, v, v, v]) == [(5, 3)] * 2 + [(3,)] * 5
+    assert bn.outputs([x]) == [(5, 3)]
+
+
+@pytest.mark.parametrize("spec, kw, match", [
+    ("r2 x1", {}, "parameter 'x1' in 'r2 x1'"),
+    ("r2 r3", {}, "parameter 'r3'"),
+    ("s1 r2", {}, "parameter 's1'"),
+    ("r2 s r1", {}, "must list the reference's arrays"),
+    ("r1 zd1", {}, r"z: 0 in work"),
+    ("r2 w1 s", {"flat": True}, "a flat op's kernel takes 1-D arrays"),
+    ("r1 o1", {"flat": True}, "outputs="),
+])
+def test_a_bad_declaration_is_refused(spec, kw, match):
+    with pytest.raises(ValueError, match=match):
+        dispatch.Op("layers", "k", spec, **kw)

@@ -3,12 +3,10 @@
 Each kernel of ``accel.dispatch.OPS`` that has a CUDA twin is compiled, per dtype and compute
 capability, with the argument types the dispatch launches it with:
 
-- the kernel's parameters as ``Op.kinds`` says: the reference's arrays and scalars, then
-  the outputs, workspaces and the guard's record;
-- arrays C-contiguous, of the dtype; 1-D for ``flat`` ops, else the number of dimensions
-  ``Op.shapes``/``Op.outputs`` give for an (N, D) input; class ids (``Op.labels``) and
-  ``Op.ints`` int64 1-D (one-hot labels take the reference, see ``Op.takes``), ``Op.doubles``
-  float64 (the gradient-clipping factor);
+- the kernel's parameters as ``Op.spec`` declares them (``Op.params``): the reference's
+  arrays and scalars, then the outputs, workspaces and the guard's record;
+- arrays C-contiguous, of the declared element type (the dtype, int64 for class ids and
+  offsets, float64 for the gradient-clipping array) and number of dimensions;
 - scalars float64 (``dispatch.call`` passes every scalar as a Python float).
 
 A kernel that does not type or lower raises here. The PTX is then assembled for sm_XX and the
@@ -33,7 +31,7 @@ import time
 
 import numpy as np
 
-from . import dispatch
+from .. import dispatch
 
 CCS = ((8, 0), (9, 0))  # A100, H100
 DTYPES = ("float32", "float64")
@@ -52,34 +50,18 @@ def cuda_kernels():
 
 
 def launch_arguments(reference, op, kernel, dtype):
-    """(names, kinds, n) of the kernel's parameters, from ``op.kinds``: kind is ("array",
-    dtype, ndim), with dtype a NumPy dtype, or ("scalar", float64); the first n are the
-    reference's arrays."""
+    """(names, kinds, n) of the kernel's parameters as ``op.params`` declares them: kind is
+    ("array", dtype, ndim), with dtype a NumPy dtype, or ("scalar", float64); the first n
+    are the reference's arrays. TypeError when the kernel's parameters are not the
+    reference's and then as many more as the declaration has."""
     names = list(inspect.signature(kernel.py_func).parameters)
     ref_names = list(inspect.signature(reference).parameters)
-    if names[:len(ref_names)] != ref_names or len(names) != len(op.kinds):
+    if names[:len(ref_names)] != ref_names or len(names) != len(op.params):
         raise TypeError(f"{op.kernel}: kernel parameters {names} are not the reference's "
-                        f"{ref_names} and then {op.kinds[len(ref_names):]!r} ({op.kinds!r})")
-    n_arrays = op.n_arrays
-    probe = [np.empty(PROBE_SHAPE, dtype) for _ in range(n_arrays)]
-    ndims = [1] * n_arrays if op.flat else [len(s) for s in op.shapes(probe)]
-    out_ndims = iter([1 if op.flat else len(s) for s in op.outputs(probe)])
-    work = iter(op.work)
-    kinds = []
-    for k, kind in enumerate(op.kinds):
-        if kind == "s":
-            kinds.append(("scalar", np.dtype(np.float64)))
-        elif kind in "rw":
-            ints = k in op.labels or k in op.ints
-            want = np.int64 if ints else np.float64 if k in op.doubles else dtype
-            kinds.append(("array", np.dtype(want), 1 if k in op.labels else ndims[k]))
-        elif kind == "o":
-            kinds.append(("array", np.dtype(dtype), next(out_ndims)))
-        elif kind == "z":
-            kinds.append(("array", np.dtype(next(work)[1]), 1))
-        else:  # "k": the non-finite guard's record
-            kinds.append(("array", np.dtype(np.int64), 1))
-    return names, kinds, n_arrays
+                        f"{ref_names} and then the rest of {op.spec!r}")
+    kinds = [("scalar", p.dtype(dtype)) if p.role == "s" else ("array", p.dtype(dtype), p.ndim)
+             for p in op.params]
+    return names, kinds, op.n_arrays
 
 
 def signature(kinds):
