@@ -65,6 +65,7 @@ _override: str | None = None
 _switched = 0  # counts use() entries and exits: a plan made before a switch is remade
 _last: dict[str, str] = {}
 _calls: Counter = Counter()
+_counts: dict[tuple, list] = {}  # (op, "cpu") → [calls]: the CPU plans' counter, cheaper
 _logged: set = set()  # (op, path) pairs whose first use was logged
 _modules: dict[str, object] = {}
 _cuda_error: str | None = None  # why numba.cuda cannot be used at all (None: it can)
@@ -292,12 +293,18 @@ def last_path(op: str | None = None):
 
 def calls() -> Counter:
     """Counter of calls per (op, path) since the last ``reset_calls()``."""
-    return Counter(_calls)
+    out = Counter(_calls)
+    for key, (n,) in _counts.items():
+        if n:
+            out[key] += n
+    return out
 
 
 def reset_calls() -> None:
     _calls.clear()
     _last.clear()
+    for count in _counts.values():
+        count[0] = 0
 
 
 def _first_use(op: str, path: str) -> None:
@@ -482,6 +489,29 @@ def _check(op: Op, names, arrays):
                              "writable")
 
 
+def _layout(a):
+    """What Numba's type of an array holds beyond its dtype and dimensions: (C-contiguous,
+    writable, aligned, type). A compiled function called directly takes arrays of exactly
+    these (its conversion does not check them)."""
+    f = a.flags
+    return f.c_contiguous, f.writeable, f.aligned, type(a)
+
+
+def _is_record(a) -> bool:
+    """A record as the CPU kernels were compiled for: a writable C-contiguous int64 vector."""
+    return type(a) is np.ndarray and a.dtype == _INT64 and a.ndim == 1 and \
+        _layout(a) == (True, True, True, np.ndarray)
+
+
+def _entry_point(kernel, args):
+    """The compiled function Numba's dispatcher ``kernel`` runs for ``args`` (None when
+    it cannot be found: the dispatcher goes on being called)."""
+    try:
+        return kernel.overloads[tuple(map(kernel.typeof_pyval, args))].entry_point
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _writeable(a) -> bool:
     flags = getattr(a, "flags", None)
     return getattr(flags, "writeable", True)
@@ -528,7 +558,7 @@ class Plan:
         self.stand_in = _stand_ins.get(type(arrays[0]))
         plain = [a.view(np.ndarray) for a in arrays] if self.stand_in else list(arrays)
         _check(op, self.names, plain)
-        self.expect = [(type(a), a.shape, a.dtype) for a in arrays]
+        self.expect = [(type(a), a.shape, a.dtype, _layout(a)) for a in arrays]
         self.last = list(arrays)
         converted, written = _converted(op, self.names, plain)
         self.direct = not written and all(c is a for c, a in zip(converted, plain))
@@ -557,7 +587,10 @@ class Plan:
         if self.target == "cpu" and self.direct and self.stand_in is None:
             self.key = (op.kernel, "cpu")
             _first_use(*self.key)
-            self.reshape = op.flat and any(len(shape) != 1 for _, shape, _ in self.expect)
+            self.reshape = op.flat and any(len(e[1]) != 1 for e in self.expect)
+            self.count = _counts.setdefault(self.key, [0])  # shared by the key's plans
+            self.entry = None  # the compiled function itself, once the first call made it
+            self.checked_record = None
             self.run = self._run_cpu
 
     def matches(self, arrays) -> bool:
@@ -565,9 +598,9 @@ class Plan:
         and dtype and C-contiguous, and no ``use()`` switched the path since the plan."""
         if len(arrays) != len(self.expect) or self.switched != _switched:
             return False
-        for a, last, (kind, shape, dtype) in zip(arrays, self.last, self.expect):
+        for a, last, (kind, shape, dtype, layout) in zip(arrays, self.last, self.expect):
             if a is not last and (type(a) is not kind or a.shape != shape
-                                  or a.dtype != dtype or not a.flags.c_contiguous):
+                                  or a.dtype != dtype or _layout(a) != layout):
                 return False
         return True
 
@@ -575,18 +608,37 @@ class Plan:
         return self.run(arrays, scalars, record)
 
     def _run_cpu(self, arrays, scalars, record):
-        """The common case, kept short: NumPy arrays as the kernel takes them."""
+        """The common case, kept short: NumPy arrays as the kernel takes them.
+
+        After the first call, the compiled function is called without Numba's dispatcher
+        (which types every argument again): the plan has checked what the dispatcher would
+        (the arrays' types, dtypes, dimensions and layouts are the plan's; outputs and
+        workspaces are its own), and the compiled function converts the scalars itself."""
         self.last = arrays
         if self.reshape:
             arrays = [a.reshape(-1) for a in arrays]
         outputs = self.outputs if self.reuse else [
             np.empty(shape, self.dtype) for shape in self.output_shapes]
+        entry, learn = self.entry, True
         if self.no_record is None:
-            self.kernel(*arrays, *map(float, scalars), *outputs, *self.work)
+            tail = (*outputs, *self.work)
         else:
-            self.kernel(*arrays, *map(float, scalars), *outputs, *self.work,
-                        self.no_record if record is None else record)
-        _calls[self.key] += 1
+            if record is None:
+                record = self.no_record
+            if record is not self.checked_record:
+                if _is_record(record):
+                    self.checked_record = record
+                else:  # the dispatcher's types (or error) for it, and nothing learnt
+                    entry, learn = None, False
+            tail = (*outputs, *self.work, record)
+        if entry:
+            entry(*arrays, *scalars, *tail)
+        else:
+            args = (*arrays, *map(float, scalars), *tail)
+            self.kernel(*args)
+            if entry is None and learn:
+                self.entry = _entry_point(self.kernel, args) or False  # False: not found
+        self.count[0] += 1
         _last[self.key[0]] = "cpu"
         return None if not outputs else outputs[0] if len(outputs) == 1 else tuple(outputs)
 

@@ -61,6 +61,7 @@ class Optimizer:
         self.state: dict = {}  # key ("flat" or a param name) → tuple of state arrays
         self._sites: dict = {}  # key → the dispatch Site of its update
         self._clip_sites: dict = {}  # key → the Site of its gradient's share of the norm
+        self._flat_pair = None  # (params, grads, mask, their flats, names, pairs) of the last
 
     @property
     def lr(self):
@@ -164,7 +165,7 @@ class Optimizer:
         """One step: params ← rule(params, grads), in place (the fused kernel or the
         reference, as ``accel.dispatch`` decides); nothing changes where the non-finite
         guard's ``record`` (a device array) marks the step bad."""
-        pairs = _pairs(params, grads, self.decay_mask)
+        pairs = self._pairs(params, grads)
         self.t += 1
         if not pairs:
             return
@@ -188,6 +189,20 @@ class Optimizer:
             if not applied:  # refused before anything changed: no step taken
                 self.t -= 1
             raise
+
+    def _pairs(self, params, grads):
+        """``_pairs``, checked once for a network's FlatDicts: the same dicts, with the same
+        flat buffers, names and mask, make the same one pair at the next step."""
+        last = self._flat_pair
+        if last is not None and last[0] is params and last[1] is grads and \
+                last[2] is self.decay_mask and last[3] is params.flat and \
+                last[4] is grads.flat and len(params) == last[5] == len(grads):
+            return last[6]
+        pairs = _pairs(params, grads, self.decay_mask)
+        if len(pairs) == 1 and pairs[0][0] == "flat":
+            self._flat_pair = (params, grads, self.decay_mask, params.flat, grads.flat,
+                               len(params), pairs)
+        return pairs
 
     def _clip_factor(self, pairs):
         """The clip array the rules read, on the gradients' device: factor 1 without
