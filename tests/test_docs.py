@@ -16,14 +16,14 @@ README_MAX_LINES = 220
 
 SCRIPT = re.compile(r"(?<![\w-])benchmarks/[\w/.-]+\.py\b")
 RESULT = re.compile(r"(?<![\w-])benchmarks/results/[\w.-]+\.(?:json|png|md)\b")
+FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.M | re.S)  # a fenced code block
 # [text](target) or ![alt](target "title"): the target
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 
 
 def _prose(text: str) -> str:
     """``text`` without fenced code blocks and inline code spans (links there are code)."""
-    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.M | re.S)
-    return re.sub(r"(`+).+?\1", "", text, flags=re.S)
+    return re.sub(r"(`+).+?\1", "", FENCE.sub("", text), flags=re.S)
 
 
 def _links(text: str) -> list:
@@ -44,8 +44,7 @@ def _slug(heading: str) -> str:
 def _anchors(text: str) -> set:
     """The ids of the headings of ``text``; a repeated id gets -1, -2, ... as on GitHub."""
     seen, out = {}, set()
-    for m in re.finditer(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.sub(
-            r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.M | re.S), flags=re.M):
+    for m in re.finditer(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", FENCE.sub("", text), flags=re.M):
         slug = _slug(m.group(1))
         n = seen.get(slug, 0)
         seen[slug] = n + 1
