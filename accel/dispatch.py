@@ -55,10 +55,10 @@ FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _F64 = np.dtype(np.float64)
 
 # CPU: arrays smaller than this run the serial compile of a kernel. Waking the thread pool
-# costs ~10 µs idle and a scheduler time slice when another process keeps a core busy; on
-# the project's 2-core machine the parallel Adam kernel paid from about 1e6 elements, quiet
-# or with a busy core (benchmarks/thread_policy.py, "thresholds"). The kernels' results do
-# not depend on it (they split their sums by the data's size).
+# costs more than a small array's work, and a scheduler time slice when another process keeps
+# a core busy; the parallel Adam kernel pays from about 1e6 elements, quiet or with a busy
+# core (docs/performance.md, "Threads"). The kernels' results do not depend on it (they
+# split their sums by the data's size).
 PARALLEL_MIN = 1 << 20
 
 _override: str | None = None

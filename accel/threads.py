@@ -30,8 +30,8 @@ import threading
 
 from . import checks
 
-# Products of fewer floating-point operations (2·n·k·m) run on one BLAS thread. Measured on
-# the project's 2-core machine (benchmarks/thread_policy.py): see the README's speed section.
+# Products of fewer floating-point operations (2·n·k·m) run on one BLAS thread (why, and the
+# measurements behind the threshold: docs/performance.md, "Threads").
 SERIAL_MAX_FLOP = 2e9
 
 _libs = None  # threadpoolctl's controllers of NumPy's BLAS, found once

@@ -6,23 +6,12 @@ output arrays (allocated by ``accel.dispatch``), and computes what its CUDA twin
 the way its device likes it. Here the column sums come first: each parallel iteration streams a
 contiguous chunk of whole rows (at least ROWS_PER_CHUNK, at most MAX_CHUNKS chunks), ROW_BLOCK
 rows at a time whose float64 terms are added in registers before the chunk's sums are loaded
-and stored (one row at a time, a chunk's sums (2 × D × 8 B) leave L1 at D = 4096, and loading
-and storing them cost more than reading x). The chunks' sums are added in chunk order, which
-depends on N only, so the result does not depend on the number of threads. Then a parallel
-loop over rows writes the output. So x is read twice in the forward pass (sums, output) and
-x, dy twice in the backward pass.
-
-Why two passes over whole rows, measured at 1024 × 4096 float32 on this project's 2-core
-machine: every single-read design keeps a full-height panel of columns in cache, and walking
-a panel means short runs a row stride (16 KB) apart. Reading x by 128-column panels (into an
-L2-sized buffer, then writing the output from it) took 1.43 ms against 0.48 ms for reading
-and writing whole rows once; the column tiles of an earlier version (statistics and output
-per 64-column tile) lost the same way. Nor did slabs of columns sized for L3 (both passes
-over 2048 columns, then over the next 2048) bring the second read from cache: moving the
-two-pass bytes by slabs of 2048/1024 columns (forward/backward) took 4.2 ms against 3.0 ms
-by whole rows. (Exploratory timings: byte-moving kernels, medians of 40 repetitions
-interleaved in one process, one run each.) The price of the second read is shown by
-``bench_kernels``' two-pass floor, which moves exactly these bytes with no arithmetic.
+and stored (a chunk's sums, 2 × D × 8 B, leave L1 at D = 4096). The chunks' sums are added in
+chunk order, which depends on N only, so the result does not depend on the number of threads.
+Then a parallel loop over rows writes the output. So x is read twice in the forward pass and
+x, dy twice in the backward pass: a single read would have to keep a full-height panel of
+columns in cache, and every such layout measured slower (docs/performance.md, "Batch norm
+forward + backward").
 
 How the twins differ: the CUDA kernels give a block a tile of 32 columns and split each
 column's rows over 16 lanes (row i to lane i mod 16), whose float64 partial sums a shared-

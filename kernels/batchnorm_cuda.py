@@ -29,7 +29,7 @@ ROWS = 16:
 
 At D = 100 the two reductions fill 4 multiprocessors of an A100's 108 (a column split over
 several blocks would need a second pass or atomics); from D ≈ 3 500 up they have a block for
-every multiprocessor. Not measured on a GPU yet (see README, "GPU").
+every multiprocessor. Not measured on a GPU yet (docs/gpu.md).
 
 How the twins differ: the CPU kernel (``batchnorm_cpu``) splits the rows into contiguous
 chunks, adds a chunk's rows a few at a time into float64 sums per column, and adds the chunks'

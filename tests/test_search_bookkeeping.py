@@ -354,15 +354,15 @@ def test_a_server_stopped_mid_study_says_run_it_again(cluster):
     assert len(done) == 5 and [t.number for t in done[:2]] == [0, 1]
 
 
-# -- 11: the README's several-machines recipe, followed literally
+# -- 11: the several-machines recipe of docs/search.md, followed literally
 
 
-def _readme_recipe():
-    """The three bash blocks of the README's several-machines recipe: the server's setup (as
-    the postgres OS user), each machine's setup, the command each machine runs."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("**Workers and machines.**"):
-                   text.index("**What workers and pruning buy**")]
+def _documented_recipe():
+    """The three bash blocks of the several-machines recipe in docs/search.md: the server's
+    setup (as the postgres OS user), each machine's setup, the command each machine runs."""
+    text = (ROOT / "docs" / "search.md").read_text()
+    section = text[text.index("## Workers and machines"):
+                   text.index("## What workers and pruning buy")]
     blocks = [b.split("\n", 1)[1] for b in section.split("```")[1::2]]
     assert len(blocks) == 3
     return [[line for line in b.replace("\\\n", " ").splitlines() if line.strip()]
@@ -382,14 +382,14 @@ def _own_address() -> str:
 
 
 @pytest.mark.slow
-def test_the_readme_postgresql_recipe(tmp_path, data_dir):
+def test_the_documented_postgresql_recipe(tmp_path, data_dir):
     """A fresh server with Debian's authentication defaults (peer on the socket,
-    scram-sha-256 over TCP, listening on localhost only), set up by the README's commands
-    run as written, then two processes of the README's command started at once (--quick),
+    scram-sha-256 over TCP, listening on localhost only), set up by the documented commands
+    run as written, then two processes of the documented command started at once (--quick),
     connecting to the machine's network address, not the loopback."""
     import pg
 
-    server, client, command = _readme_recipe()
+    server, client, command = _documented_recipe()
     try:
         cluster = pg.Cluster()
         cluster.initdb("--auth-local=peer", "--auth-host=scram-sha-256")
