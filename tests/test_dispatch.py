@@ -3,10 +3,10 @@ so what the plan lets through must be exactly what that compile takes."""
 
 import numpy as np
 import pytest
+from accel.kernels import guard_record as R
 
 from accel import MultiLayerNet, dispatch, optim
 from accel import functional as F
-from accel.kernels import guard_record as R
 
 
 @pytest.fixture(autouse=True)
