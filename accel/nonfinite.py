@@ -60,6 +60,7 @@ class NonFiniteGuard:
                                       capacity), dtype=np.int64)
         self.saved = network.buffers.flat.copy()
         self.site = dispatch.Site(F.nonfinite_guard)
+        self.host_loss = None  # a (1,) array that NumPy's scalar losses are copied into
 
     def begin(self) -> None:
         """The running statistics as they are now are the ones a bad step puts back (call
@@ -72,7 +73,14 @@ class NonFiniteGuard:
         loss, grads = net.loss_and_grads(x, t)
         if self.mode is None:
             return loss, grads, None
-        self.site(loss.reshape(1), grads.flat, self.g_starts, net.buffers.flat,
+        if isinstance(loss, np.generic):  # NumPy's sums give scalars, not arrays
+            held = self.host_loss
+            if held is None or held.dtype != loss.dtype:
+                held = self.host_loss = np.empty(1, loss.dtype)
+            held[0] = loss  # the same array at every step: the call site's plan knows it
+        else:
+            held = loss.reshape(1)  # a device's 0-d array: a view, no copy to launch
+        self.site(held, grads.flat, self.g_starts, net.buffers.flat,
                   self.b_starts, self.saved, self.record,
                   scalars=(iteration, self.mode == "raise"))
         return loss, grads, self.record
