@@ -319,7 +319,7 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(tmp_path):
     x, t = toy(n=45)
     other = Trainer(small_net("numpy"), optim.SGD(0.1), x, t, resume=path, batch_size=8,
                     verbose=False)
-    with pytest.raises(ValueError, match="Adam optimizer.*SGD"):
+    with pytest.raises(ValueError, match="optimizer Adam.*SGD"):
         other.fit()
     wide = Trainer(MultiLayerNet(6, [9, 7], 3, backend="numpy", batchnorm=True, dropout=0.2,
                                  weight_decay=1e-3), optim.Adam(), x, t, resume=path,
