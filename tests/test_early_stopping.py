@@ -109,7 +109,7 @@ def test_early_stopping_survives_resume(backend, tmp_path):
 
 def test_resume_refuses_another_kind_of_hook_and_warns_on_a_missing_state(tmp_path):
     bn_trainer("numpy", EarlyStopping(patience=3), epochs=2, checkpoint_dir=tmp_path).fit()
-    with pytest.raises(ValueError, match="on_evaluate\\[1\\] is a Snapshots"):
+    with pytest.raises(ValueError, match="on_evaluate\\[1\\] is Snapshots"):
         Trainer(MultiLayerNet(4, [6, 5], 3, batchnorm=True, backend="numpy", seed=0),
                 optim.SGD(0.1), *toy(), validation_data=toy(), epochs=4, batch_size=8,
                 seed=0, verbose=False, checkpoint_dir=tmp_path, resume=True,
