@@ -18,11 +18,16 @@ DATA_DIR = Path(os.environ.get("ACCEL_DATA_DIR",
                                Path(__file__).parents[2] / "shared" / "data")).resolve()
 
 
+def _skip_without_cupy():
+    if not backend_mod.cupy_available():
+        pytest.skip(f"CuPy backend unavailable: {backend_mod.cupy_unavailable_reason()}")
+
+
 @pytest.fixture(params=["numpy", "cupy"])
 def backend(request):
     """The Backend to run the test on; the CuPy run is skipped, with the reason, without a GPU."""
-    if request.param == "cupy" and not backend_mod.cupy_available():
-        pytest.skip(f"CuPy backend unavailable: {backend_mod.cupy_unavailable_reason()}")
+    if request.param == "cupy":
+        _skip_without_cupy()
     return backend_mod.get_backend(request.param)
 
 
@@ -164,8 +169,7 @@ def target(request, monkeypatch):
 
 def _device_backend(name):
     if name == "cupy":
-        if not backend_mod.cupy_available():
-            pytest.skip(f"CuPy backend unavailable: {backend_mod.cupy_unavailable_reason()}")
+        _skip_without_cupy()
         return backend_mod.get_backend("cupy")
     from accel import opcount
 
@@ -204,7 +208,8 @@ def numpy_device_allclose(rtol=1e-7, atol=0.0):
     as CuPy about mixing host and device data: the body and the comparison run everywhere).
     Each array must be on its backend's device, of the same shape and dtype as NumPy's, and
     |device − numpy| ≤ atol + rtol·|numpy| (``rtol``/``atol``: a number, or a dict dtype →
-    number picked by the NumPy result's dtype)."""
+    number picked by the NumPy result's dtype). The body draws its own data: fixtures such
+    as ``rng`` are one object for both runs."""
 
     def decorate(body):
         params = inspect.signature(body).parameters
@@ -214,10 +219,10 @@ def numpy_device_allclose(rtol=1e-7, atol=0.0):
 
         @functools.wraps(body)
         def test(device, *args, **kwargs):
+            backends = {"numpy": backend_mod.get_backend("numpy"),
+                        device: _device_backend(device)}
             results = {}
-            for name in ("numpy", device):
-                backend = (backend_mod.get_backend("numpy") if name == "numpy"
-                           else _device_backend(name))
+            for name, backend in backends.items():  # the same arguments, a fresh body run
                 kwargs[takes] = backend if takes == "backend" else backend.xp
                 results[name] = list(_leaves(body(*args, **kwargs)))
             assert [p for p, _ in results["numpy"]] == [p for p, _ in results[device]], \
