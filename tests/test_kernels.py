@@ -672,8 +672,9 @@ GUARD_CASES = {
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("target,case", on_targets(
     cpu=[(case,) for case in GUARD_CASES],
-    # a simulated launch of the guard takes ~0.15 s: the case that sets every flag
-    cuda=[("everything",)]), indirect=["target"])
+    # a simulated launch of the guard takes ~0.15 s: the case that sets every flag, and two
+    # gradient blocks flagged
+    cuda=[("everything",), ("inf in two blocks",)]), indirect=["target"])
 def test_guard_kernel_matches_reference_over_steps(case, dtype, target):
     """Several steps in a row (the record carries over): sticky and not, the list of
     skipped iterations filling up past its room; the last block decides (several blocks)."""
