@@ -1,14 +1,17 @@
-"""Every layer gradient-checked in float64, on every backend; the layers' conventions."""
+"""Every layer gradient-checked in float64 on NumPy, and its forward and backward on a device
+compared with NumPy's (float32 and float64); the layers' conventions, on every backend."""
 
 import numpy as np
 import pytest
-from conftest import assert_close, bn_backward
+from conftest import assert_close, bn_backward, numpy_device_allclose
 
+from accel import opcount
 from accel.backend import array_module, to_numpy
 from accel.functional import batchnorm_backward, batchnorm_forward_train
 from accel.gradcheck import numerical_gradient, relative_difference
 from accel.layers import (
     Affine,
+    AffineActivation,
     BatchNorm,
     Dropout,
     ReLU,
@@ -38,23 +41,115 @@ def rng():
     return np.random.default_rng(0)
 
 
-def test_affine_gradients_any_rank(xp, rng):
-    W = xp.asarray(rng.standard_normal((12, 5)))
-    b = xp.asarray(rng.standard_normal(5))
+def test_affine_gradients_any_rank(rng):
+    W = rng.standard_normal((12, 5))
+    b = rng.standard_normal(5)
     layer = Affine(W, b)
-    x = xp.asarray(rng.standard_normal((4, 3, 2, 2)))  # flattened to (4, 12)
+    x = rng.standard_normal((4, 3, 2, 2))  # flattened to (4, 12)
     out = layer.forward(x)
     assert out.shape == (4, 5)
     assert_close(out, x.reshape(4, 12) @ W + b, rtol=1e-12)
     _check_layer(layer, x, [(W, "dW"), (b, "db")])
-    assert layer.backward(xp.ones((4, 5))).shape == x.shape
+    assert layer.backward(np.ones((4, 5))).shape == x.shape
 
 
 @pytest.mark.parametrize("cls", [ReLU, Sigmoid, Tanh])
-def test_activation_gradients(xp, rng, cls):
+def test_activation_gradients(rng, cls):
     x = rng.standard_normal((6, 7))
     x[np.abs(x) < 1e-3] = 0.5  # keep ReLU's kink away from the finite-difference step
-    _check_layer(cls(), xp.asarray(x))
+    _check_layer(cls(), x)
+
+
+@pytest.mark.parametrize("cls", [ReLU, Sigmoid, Tanh])
+def test_fused_affine_activation_gradients(rng, cls):
+    """The network's pass: x·W, then f(· + b) in one kernel; backward in one kernel and the
+    two products."""
+    W, b = rng.standard_normal((7, 5)), rng.standard_normal(5)
+    x = rng.standard_normal((6, 7))
+    layer = AffineActivation(Affine(W, b), cls())
+    _check_layer(layer, x)
+    r = rng.standard_normal((6, 5))
+    layer.forward(x, True)
+    layer.backward(r)
+    dW, db = layer.affine.dW.copy(), layer.affine.db.copy()
+    loss = lambda: (layer.forward(x, True) * r).sum()  # noqa: E731
+    assert relative_difference(dW, numerical_gradient(loss, W)) < 1e-7
+    assert relative_difference(db, numerical_gradient(loss, b)) < 1e-7
+
+
+LAYERS = ["affine", "affine+relu", "affine+sigmoid", "affine+tanh", "relu", "sigmoid", "tanh",
+          "batchnorm", "softmax", "softmax-onehot"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", LAYERS)
+@numpy_device_allclose(rtol={np.float32: 2e-5, np.float64: 1e-12},
+                       atol={np.float32: 2e-5, np.float64: 1e-12})
+def test_layer_forward_backward_agree_across_backends(backend, kind, dtype):
+    """Each layer on the device against NumPy (the gradient checks above hold there): the
+    forward output, dx and the parameter gradients; BatchNorm's running statistics and its
+    eval-mode output; the loss."""
+    rng = np.random.default_rng(3)
+
+    def draw(*shape, scale=1.0):
+        return backend.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
+
+    x = draw(16, 3, 4, scale=3)  # Affine flattens it to (16, 12)
+    if kind.startswith("softmax"):
+        ids = rng.integers(0, 12, 16)
+        t = backend.asarray(np.eye(12)[ids] if kind == "softmax-onehot" else ids, dtype=(
+            dtype if kind == "softmax-onehot" else None))
+        layer = SoftmaxWithLoss()
+        loss = layer.forward(x.reshape(16, 12), t)
+        return loss, layer.backward()
+    if kind == "batchnorm":
+        layer = BatchNorm(draw(12) + 1, draw(12), momentum=0.9, eps=1e-5)
+        out = layer.forward(x.reshape(16, 12), train=True)
+        dx = layer.backward(draw(16, 12))
+        return (out, dx, layer.dgamma, layer.dbeta, layer.running_mean, layer.running_var,
+                layer.forward(x.reshape(16, 12)))
+    activation = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}.get(kind.split("+")[-1])
+    if "affine" not in kind:
+        layer = activation()
+        return layer.forward(x), layer.backward(draw(16, 3, 4))
+    affine = Affine(draw(12, 5), draw(5))
+    layer = affine if activation is None else AffineActivation(affine, activation())
+    out = layer.forward(x, train=True)
+    return out, layer.backward(draw(16, 5)), affine.dW, affine.db
+
+
+def test_the_comparison_fails_when_the_backends_disagree():
+    """numpy_device_allclose: agreeing results pass; a difference past the tolerance, another
+    dtype, or a device run that computed on the host, fail."""
+
+    def run(body, **tol):
+        return numpy_device_allclose(**tol)(body)("opcount")
+
+    def agree(backend):
+        return {"a": backend.asarray(np.arange(3.0)) * 2}
+
+    run(agree)
+
+    def off_by(backend):
+        delta = 1e-6 if isinstance(backend, opcount.CountingBackend) else 0.0
+        return (backend.asarray(np.ones(2)), backend.asarray(np.ones(3)) + delta)
+
+    run(off_by, rtol=1e-5)
+    with pytest.raises(AssertionError, match=r"result\[1\]: opcount against numpy"):
+        run(off_by, rtol=1e-7)
+
+    def other_dtype(xp):
+        dtype = np.float32 if isinstance(xp.ones(1), opcount.CountingArray) else np.float64
+        return xp.ones(3, dtype=dtype)
+
+    with pytest.raises(AssertionError, match="opcount gave float32"):
+        run(other_dtype)
+
+    def on_the_host(backend):
+        return np.ones(3) * 2  # ignores the backend
+
+    with pytest.raises(AssertionError, match="not its arrays"):
+        run(on_the_host)
 
 
 def test_activation_values(xp):
@@ -77,11 +172,11 @@ def test_backward_does_not_mutate_dout(xp, rng):
         assert_close(dout, before, rtol=0)
 
 
-def test_batchnorm_gradients(xp, rng):
-    gamma = xp.asarray(rng.uniform(0.5, 1.5, 6))
-    beta = xp.asarray(rng.standard_normal(6))
+def test_batchnorm_gradients(rng):
+    gamma = rng.uniform(0.5, 1.5, 6)
+    beta = rng.standard_normal(6)
     layer = BatchNorm(gamma, beta, momentum=0.9, eps=1e-5)
-    x = xp.asarray(rng.standard_normal((8, 6)) * 3 + 1)
+    x = rng.standard_normal((8, 6)) * 3 + 1
     _check_layer(layer, x, [(gamma, "dgamma"), (beta, "dbeta")])
 
 

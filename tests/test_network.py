@@ -1,10 +1,11 @@
-"""MultiLayerNet: flat buffer, gradient check of the whole net, conventions and bad input."""
+"""MultiLayerNet: flat buffer, gradient check of the whole net (NumPy) and its training steps
+on a device against NumPy's, conventions and bad input."""
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, numpy_device_allclose
 
-from accel import MultiLayerNet, gradcheck
+from accel import MultiLayerNet, gradcheck, optim
 from accel.backend import to_numpy
 
 
@@ -42,14 +43,42 @@ def test_params_and_grads_are_views_of_flat_buffers(backend, xp):
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("batchnorm", [False, True])
-def test_whole_network_gradient_check(backend, xp, activation, batchnorm):
-    net = small_net(backend, activation=activation, batchnorm=batchnorm)
-    x, t = data(xp)
+def test_whole_network_gradient_check(activation, batchnorm):
+    net = small_net("numpy", activation=activation, batchnorm=batchnorm)
+    x, t = data(np)
     result = gradcheck.check_network(net, x, t)
     assert result.difference < 1e-7, result.report()
     assert result.verdict == "fine"
     assert max(result.per_param.values()) < 1e-6, result.report()
     assert set(result.per_param) == set(net.params)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("batchnorm", [False, True])
+@numpy_device_allclose(rtol={np.float32: 1e-4, np.float64: 1e-10},
+                       atol={np.float32: 1e-5, np.float64: 1e-12})
+def test_training_steps_agree_across_backends(backend, activation, batchnorm, dtype):
+    """Three training steps (every fused op: the layers', the L2 gradient, clipping and the
+    momentum update) on the device against NumPy, from the same weights (the NumPy net's:
+    each backend draws its own): the losses, gradients, weights and running statistics.
+    With the gradient check above on NumPy, the device's gradients are checked too.
+    Momentum, not Adam: Adam's g/√v turns float noise in a zero gradient (a bias before
+    BatchNorm) into a step of lr."""
+    kw = dict(activation=activation, batchnorm=batchnorm, dtype=dtype, seed=0)
+    net = small_net(backend, **kw)
+    net.params.flat[...] = backend.asarray(small_net("numpy", **kw).params.flat)
+    opt = optim.Momentum(lr=0.1, momentum=0.9, clip_norm=1.0)
+    rng = np.random.default_rng(2)
+    losses, grads = [], []
+    for _ in range(3):
+        x, t = net.prepare(backend.asarray(rng.standard_normal((16, 10))),
+                           backend.asarray(rng.integers(0, 3, 16)))
+        loss, g = net.loss_and_grads(x, t)
+        losses.append(loss)
+        grads.append(g.flat.copy())
+        opt.update(net.params, g)
+    return losses, grads, net.params.flat, net.buffers.flat
 
 
 def test_gradient_check_with_one_hot_labels(backend, xp):
