@@ -56,7 +56,7 @@ _F64 = np.dtype(np.float64)
 # CPU: arrays smaller than this run the serial compile of a kernel. Waking the thread pool
 # costs ~10 µs idle and a scheduler time slice when another process keeps a core busy; on
 # the project's 2-core machine the parallel Adam kernel paid from about 1e6 elements, quiet
-# or with a busy core (benchmarks/thread_policy.py, "thresholds"). The kernels' results do
+# or with a busy core (benchmarks/speed/thread_policy.py, "thresholds"). The kernels' results do
 # not depend on it (they split their sums by the data's size).
 PARALLEL_MIN = 1 << 20
 

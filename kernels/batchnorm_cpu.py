@@ -22,7 +22,8 @@ over 2048 columns, then over the next 2048) bring the second read from cache: mo
 two-pass bytes by slabs of 2048/1024 columns (forward/backward) took 4.2 ms against 3.0 ms
 by whole rows. (Exploratory timings: byte-moving kernels, medians of 40 repetitions
 interleaved in one process, one run each.) The price of the second read is shown by
-``bench_kernels``' two-pass floor, which moves exactly these bytes with no arithmetic.
+``benchmarks/speed/batchnorm_roofline.py``' two-pass floor, which moves exactly these bytes with no
+arithmetic.
 
 How the twins differ: the CUDA kernels give a block a tile of 32 columns and split each
 column's rows over 16 lanes (row i to lane i mod 16), whose float64 partial sums a shared-

@@ -9,7 +9,7 @@ from numba import njit
 # Numba's threads for the parallel kernels: the "workqueue" layer, unless NUMBA_THREADING_LAYER
 # says otherwise. With another process keeping one core busy, a parallel kernel on the
 # OpenMP layer waited ~12 ms (a scheduler time slice) at every size, the workqueue layer's at
-# most a few tenths of a millisecond more than the serial kernel (benchmarks/thread_policy.py,
+# most a few tenths of a millisecond more than the serial kernel (benchmarks/speed/thread_policy.py,
 # "thresholds"). Numba picks its layer at the first parallel call, so this is set before.
 if not os.environ.get("NUMBA_THREADING_LAYER"):
     numba.config.THREADING_LAYER = "workqueue"
