@@ -77,6 +77,21 @@ def validate(p, g, m, v):
     return err
 
 
+def validate_clip(g):
+    """Relative difference of the kernel's clipping factor from the reference's, for a norm
+    above max_norm (a factor below 1); raises when above rounding."""
+    from accel import dispatch, functional
+
+    want, got = functional.clip_array(g), functional.clip_array(g)
+    functional.clip_factor(g, want, 1.0, 1e-6, True)
+    dispatch.Site(functional.clip_factor)(g, got, scalars=(1.0, 1e-6, True))
+    err = abs(float(got[0]) - float(want[0])) / float(want[0])
+    if err > 1e-6:
+        raise SystemExit(f"the clip_factor kernel does not match the reference at n={g.size}: "
+                         f"{got[0]} vs {want[0]}")
+    return err
+
+
 def torch_worker(sizes, quick):
     """Seconds of torch's fused Adam step and of clip_grad_norm_ per size."""
     import torch
@@ -117,13 +132,7 @@ def measure(sizes, quick, torch_rows):
                    roofline_GBps=BYTES * n / roof / 1e9, speedup_vs_reference=ref / fused)
         rows.append(with_torch(row, torch_rows.get(f"adam/{n}")))
 
-        want, got = functional.clip_array(g), functional.clip_array(g)
-        functional.clip_factor(g.copy(), want, 1.0, 1e-6, True)  # a factor below 1: checked
-        dispatch.Site(functional.clip_factor)(g.copy(), got, scalars=(1.0, 1e-6, True))
-        clip_err = abs(float(got[0]) - float(want[0])) / float(want[0])
-        if clip_err > 1e-6:
-            raise SystemExit(f"the clip_factor kernel does not match the reference at n={n}: "
-                             f"{got[0]} vs {want[0]}")
+        clip_err = validate_clip(g)
         clip_site = dispatch.Site(functional.clip_factor)
         ref = timing.median(lambda: functional.clip_factor(g, clip, *CLIP_SCALARS), reps)
         fused = timing.median(lambda: clip_site(g, clip, scalars=CLIP_SCALARS), reps,
