@@ -166,6 +166,7 @@ def print_table(rows):
 def main(argv=None):
     ap = timing.parser(__doc__)
     ap.add_argument("--quick", action="store_true", help="1e4 and 1e5 only, 3 repeats")
+    ap.add_argument("--no-torch", action="store_true", help="accel's rows only")
     timing.add_out(ap, "adam_roofline.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -174,7 +175,7 @@ def main(argv=None):
         timing.reply(torch_worker(sizes, args.quick))
         return 0
     load = timing.check_load()
-    why = timing.torch_missing()
+    why = "--no-torch" if args.no_torch else timing.torch_missing()
     torch_rows = {} if why else timing.run_worker(__file__, "--worker",
                                                   *(["--quick"] if args.quick else []))
     if why:
