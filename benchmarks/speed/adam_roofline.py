@@ -7,9 +7,9 @@ For 1e4..1e7 float32 parameters (NumPy), in the order of llm.c's dev/cuda files:
    parallel from ``dispatch.PARALLEL_MIN`` elements);
 3. validate: one step of each from the same state; p, m and v must agree to float32 rounding;
 4. time (medians): the reference, the kernel, a roofline kernel that moves Adam's bytes with
-   trivial math (read p, g, m, v; write p, m, v: 28 bytes an element), the fraction of the
-   roofline the kernel reaches and its GB/s; ``torch.optim.Adam(fused=True).step()`` in a
-   process of its own.
+   trivial math (read p, g, m, v; write p, m, v: 28 bytes an element; serial or parallel as
+   the kernel), the fraction of the roofline the kernel reaches and its GB/s;
+   ``torch.optim.Adam(fused=True).step()`` in a process of its own.
 
 The same for gradient-norm clipping's factor (``clip_norm``: one reduction over g, 4 bytes an
 element; torch's ``clip_grad_norm_`` also scales g). Writes adam_roofline.json.
@@ -37,11 +37,16 @@ def repeats(n, quick):
     return 3 if quick else 7 if n >= 10**6 else 21
 
 
-def roofline_kernel():
-    """Adam's bytes with trivial math: read p, g, m, v; write p, m, v (always parallel)."""
+def roofline_kernel(n):
+    """Adam's bytes with trivial math: read p, g, m, v; write p, m, v. Serial below
+    ``dispatch.PARALLEL_MIN`` elements and parallel from there, as the fused kernel."""
     from numba import njit, prange
 
-    @njit(parallel=True, cache=True)
+    from accel import dispatch
+
+    parallel = n >= dispatch.PARALLEL_MIN
+
+    @njit(parallel=parallel, cache=parallel)  # one cache entry per name: the parallel one's
     def adam_bytes(p, g, m, v):
         for i in prange(p.size):
             gi = g[i]
@@ -111,7 +116,6 @@ def torch_worker(sizes, quick):
 def measure(sizes, quick, torch_rows):
     from accel import dispatch, functional
 
-    adam_bytes = roofline_kernel()
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
@@ -125,6 +129,7 @@ def measure(sizes, quick, torch_rows):
         fused = timing.median(lambda: site(p, g, m, v, clip, scalars=SCALARS), reps,
                               min_time=0.2)
         path = dispatch.last_path("adam")
+        adam_bytes = roofline_kernel(n)
         roof = timing.median(lambda: adam_bytes(p, g, m, v), reps, min_time=0.2)
         row = dict(op="adam", n=n, dtype="float32", path=path, max_rel_error=err,
                    reference_s=ref, fused_s=fused, roofline_s=roof,

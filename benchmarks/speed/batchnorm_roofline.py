@@ -12,7 +12,8 @@ files:
 4. time (medians): the reference, the kernels, a roofline kernel moving the compulsory bytes
    (read x, write out; read x, dy, write dx: 20 bytes an element) with trivial math, the
    two-pass floor (the bytes the fused kernels move: x, and x and dy, read once more for the
-   column sums), and torch's ``native_batch_norm`` and its backward in a process of its own.
+   column sums), both serial or parallel as the kernels, and torch's ``native_batch_norm``
+   and its backward in a process of its own.
 
 Writes batchnorm_roofline.json. ``bn_case`` and ``roofline_kernels`` serve bn_rounds.py and
 gpu_check.py too.
@@ -39,13 +40,18 @@ def repeats(size, quick):
     return 3 if quick else 7 if size >= 10**6 else 21
 
 
-def roofline_kernels():
+def roofline_kernels(size):
     """Kernels that move batch norm's bytes with trivial math: ``.bn`` (the compulsory bytes
     of forward + backward) and ``.bn_two_pass`` (the fused kernels' bytes: a pass for the
-    column sums before each output pass). Always parallel."""
+    column sums before each output pass). For inputs of ``size`` elements: serial below
+    ``dispatch.PARALLEL_MIN``, parallel from there, as the fused kernels."""
     from numba import njit, prange
 
-    jit = njit(parallel=True, cache=True, error_model="numpy")
+    from accel import dispatch
+
+    parallel = size >= dispatch.PARALLEL_MIN
+    # one cache entry per name: the parallel compile's
+    jit = njit(parallel=parallel, cache=parallel, error_model="numpy")
 
     @jit
     def bn_bytes(x, dy, out, dx):  # forward: read x, write out; backward: read x, dy, write dx
@@ -152,13 +158,13 @@ def torch_worker(shapes, quick):
 def measure(shapes, quick, torch_rows):
     from accel import dispatch, functional
 
-    roofline = roofline_kernels()
     rng = np.random.default_rng(1)
     rows = []
     for n, d in shapes:
         err = validate(n, d)
         case = bn_case(np, n, d, rng)
         x, dy, fwd_bwd = case.x, case.dy, case.fwd_bwd
+        roofline = roofline_kernels(n * d)
         reps = repeats(n * d, quick)
         ref = timing.median(lambda: fwd_bwd(functional), max(3, reps // 3))
         fused = timing.median(lambda: fwd_bwd(dispatch), reps, min_time=0.2)

@@ -53,7 +53,7 @@ def accel_worker(n, d, reps, also=None):
 
     from accel import dispatch, functional
 
-    roofline = roofline_kernels()
+    roofline = roofline_kernels(n * d)
     c = bn_case(np, n, d, np.random.default_rng(1))
     x, dy, fwd_bwd = c.x, c.dy, c.fwd_bwd
 
