@@ -3,7 +3,7 @@
 A matrix product's threads pay only when the product is large: a book-size step's products
 (128×784 by 784×100 is 20 MFLOP) take a fraction of a millisecond on one core, and a second
 BLAS thread, when another process keeps a core busy, waits for a scheduler time slice, many
-times longer than the product (``benchmarks/thread_policy.py`` measures it). OpenBLAS also
+times longer than the product (``benchmarks/speed/thread_policy.py`` measures it). OpenBLAS also
 splits a product's sums by its thread count, so one seed gives other bits with 1 thread than
 with 2. So accel runs every product below ``SERIAL_MAX_FLOP`` on one BLAS thread, whatever
 the core count (a fixed threshold, so those results do not depend on it), and larger ones

@@ -47,6 +47,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE / "speed"))  # the speed scripts' timing and batch-norm case
+import timing  # noqa: E402
 
 # stage → seconds it may take (full, --quick); the run's budget caps them
 STAGES = {
@@ -279,15 +281,9 @@ def _kernel_rows(cp, rng, quick, launch, rows, emit):
 # -- stage 3: benchmark rows on the device
 
 
-def _gpu_time(fn, args=(), n=20):
-    from cupyx.profiler import benchmark
-
-    return float(np.median(benchmark(fn, args, n_repeat=n, n_warmup=3).gpu_times))
-
-
 def stage_bench(quick, emit):
     import cupy as cp
-    from bench_kernels import bn_case  # this folder (the script's) is on sys.path
+    from batchnorm_roofline import bn_case
 
     from accel import dispatch, functional
 
@@ -300,14 +296,14 @@ def stage_bench(quick, emit):
         m, v = cp.zeros_like(p), cp.zeros_like(p)
         clip = functional.clip_array(p)
         site = dispatch.Site(functional.adam)  # as an optimizer calls it
-        fused = _gpu_time(lambda: site(p, g, m, v, clip, scalars=scalars))
+        fused = timing.gpu_median(lambda: site(p, g, m, v, clip, scalars=scalars))
         path = dispatch.last_path("adam")
-        ref = _gpu_time(functional.adam, (p, g, m, v, clip, *scalars), n=10)
+        ref = timing.gpu_median(functional.adam, (p, g, m, v, clip, *scalars), repeat=10)
         norm_site = dispatch.Site(functional.clip_factor)  # clip_norm's one reduction
-        norm = _gpu_time(lambda: norm_site(g, clip, scalars=(1.0, 1e-6, True)))
+        norm = timing.gpu_median(lambda: norm_site(g, clip, scalars=(1.0, 1e-6, True)))
         clip[...] = cp.asarray([1.0, 0.0])
         dst = cp.empty_like(p)
-        copy = _gpu_time(lambda: dst.__setitem__(Ellipsis, p))
+        copy = timing.gpu_median(lambda: dst.__setitem__(Ellipsis, p))
         copy_bw = 8 * n / copy
         rows.append(dict(op="adam", n=n, dtype="float32", path=path, fused_s=fused,
                          reference_s=ref, copy_s=copy, fused_GBps=28 * n / fused / 1e9,
@@ -320,11 +316,11 @@ def stage_bench(quick, emit):
         case = bn_case(cp, n, d, np.random.default_rng(1))
         x, fwd_bwd = case.x, case.fwd_bwd
 
-        fused = _gpu_time(fwd_bwd, (dispatch,))
+        fused = timing.gpu_median(fwd_bwd, (dispatch,))
         path = dispatch.last_path("batchnorm_backward")
-        ref = _gpu_time(fwd_bwd, (functional,), n=10)
+        ref = timing.gpu_median(fwd_bwd, (functional,), repeat=10)
         dst = cp.empty_like(x)
-        copy = _gpu_time(lambda: dst.__setitem__(Ellipsis, x))
+        copy = timing.gpu_median(lambda: dst.__setitem__(Ellipsis, x))
         nbytes = 5 * n * d * 4  # read x, write out; read x, dy, write dx
         rows.append(dict(op="batchnorm_fwd_bwd", shape=[n, d], dtype="float32", path=path,
                          fused_s=fused, reference_s=ref, speedup_vs_reference=ref / fused,
@@ -333,23 +329,6 @@ def stage_bench(quick, emit):
         emit(dict(rows=rows))
     rows.append(bench_mlp(quick))
     emit(dict(rows=rows))
-
-
-def _host_us(fn, sync, n):
-    """Median host microseconds of a call of ``fn`` (a launch: the device is synchronized
-    every 50 calls, outside the timing, so the queue never fills)."""
-    for _ in range(20):
-        fn()
-    sync()
-    times = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if i % 50 == 49:
-            sync()
-    sync()
-    return float(np.median(times) * 1e6)
 
 
 def _launch_costs(quick):
@@ -386,7 +365,8 @@ def _launch_costs(quick):
     }
     for name, fn in paths.items():
         try:
-            out[name] = _host_us(fn, sync, n)
+            # host µs of a launch: the device synchronized every 50 calls, outside the timing
+            out[name] = timing.median(fn, n, warmup=20, sync=sync, host_only=True) * 1e6
         except Exception as exc:  # noqa: BLE001  a path that cannot launch here
             out[name.replace("_us", "_error")] = f"{type(exc).__name__}: {str(exc)[:300]}"
     return [out]
@@ -414,9 +394,9 @@ def bench_mlp(quick):
 
     sync, reps = cp.cuda.Device().synchronize, 30 if quick else 200
     row = dict(op="mlp_step", shape=list(MLP_SIZES), batch=128, dtype="float32",
-               fused_s=_wall_median(step, sync, reps))
+               fused_s=timing.median(step, reps, warmup=5, sync=sync))
     with dispatch.use("reference"):  # every op a CuPy launch: do the fused kernels pay here?
-        row["reference_s"] = _wall_median(step, sync, reps)
+        row["reference_s"] = timing.median(step, reps, warmup=5, sync=sync)
     row["fused_over_reference"] = row["fused_s"] / row["reference_s"]
     try:
         proc = subprocess.run([sys.executable, __file__, "--torch-mlp-worker",
@@ -435,20 +415,6 @@ def bench_mlp(quick):
     else:
         row["torch_skipped"] = f"torch worker failed: {proc.stderr.strip()[-500:]}"
     return row
-
-
-def _wall_median(fn, sync, reps):
-    """Median wall seconds of fn() + sync (a training step includes the host's work)."""
-    for _ in range(5):
-        fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def torch_mlp_worker(quick):
@@ -477,8 +443,8 @@ def torch_mlp_worker(quick):
         loss_fn(model(x), t).backward()
         opt.step()
 
-    print(json.dumps({"mlp": _wall_median(step, torch.cuda.synchronize, 30 if quick else 200),
-                      "torch": torch.__version__}))
+    seconds = timing.median(step, 30 if quick else 200, warmup=5, sync=torch.cuda.synchronize)
+    print(json.dumps({"mlp": seconds, "torch": torch.__version__}))
 
 
 # -- stage 4: the GPU half of the tests

@@ -21,16 +21,19 @@ needs_fashion = pytest.mark.skipif(
 
 IMAGE_SCRIPTS = ("compare_optimizers", "compare_initializers", "batchnorm_compare",
                  "overfitting", "hyperparameter_search", "gradient_check")
+SPEED_SCRIPTS = ("speed/adam_roofline", "speed/batchnorm_roofline", "speed/mlp_step",
+                 "speed/compile_time", "speed/bn_rounds", "speed/clip_cost",
+                 "speed/step_overhead", "speed/thread_policy", "speed/search_efficiency")
 ALL_SCRIPTS = ("optimizer_paths", "activation_histograms", "compare_initializers",
                "compare_optimizers", "batchnorm_compare", "overfitting",
-               "hyperparameter_search", "search_efficiency", "lr_decay", "gradient_check",
-               "run_all", "book_differences", "bench_kernels", "bn_rounds", "clip_cost",
-               "step_overhead", "thread_policy", "gpu_check")
+               "hyperparameter_search", "lr_decay", "gradient_check", "run_all",
+               "book_differences", "gpu_check", *SPEED_SCRIPTS)
+SEARCH_SCRIPTS = ("hyperparameter_search", "speed/search_efficiency")  # they need optuna
 SYNTHETIC = ("optimizer_paths", "activation_histograms")
 
 
 def run_script(name, *args, out, env_extra=None, check=True):
-    if name in ("hyperparameter_search", "search_efficiency"):
+    if name in SEARCH_SCRIPTS:
         pytest.importorskip("optuna")  # the search's engine (not on a GPU machine)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                ACCEL_DATA_DIR=str(DATA_DIR), MPLBACKEND="Agg")
@@ -316,7 +319,8 @@ def test_ctrl_c_in_compare_optimizers_keeps_what_finished(tmp_path):
 
 
 def _parser_of(name):
-    """The ArgumentParser ``name``'s main() builds, and its --help text."""
+    """The ArgumentParser ``name``'s main() builds (``name``: its path under benchmarks/, no
+    .py), and its --help text."""
     import argparse
     import contextlib
     import importlib
@@ -329,23 +333,24 @@ def _parser_of(name):
         made.append(self)
         return real(self, *a, **kw)
 
-    sys.path.insert(0, str(BENCH))
+    folder = str((BENCH / name).parent)
+    sys.path.insert(0, folder)
     argparse.ArgumentParser.parse_args = capture
     text = io.StringIO()
     try:
-        module = importlib.import_module(name)
+        module = importlib.import_module(Path(name).name)
         with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
             module.main(["--help"])
     finally:
         argparse.ArgumentParser.parse_args = real
-        sys.path.remove(str(BENCH))
+        sys.path.remove(folder)
     return module, made[0], text.getvalue()
 
 
 @pytest.mark.parametrize("name", ALL_SCRIPTS)
 def test_help_is_whole_and_right(name):
     pytest.importorskip("matplotlib")
-    if name in ("hyperparameter_search", "search_efficiency"):
+    if name in SEARCH_SCRIPTS:
         pytest.importorskip("optuna")
     module, parser, text = _parser_of(name)
     # the description is whole: the docstring's first paragraph or its whole first sentence

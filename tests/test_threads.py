@@ -117,7 +117,7 @@ def test_defaults_give_the_same_bits_with_one_and_two_threads(tmp_path):
 
 def test_numba_runs_the_parallel_kernels_on_the_workqueue_layer(tmp_path):
     """Unless NUMBA_THREADING_LAYER says otherwise: measured to stall least with a busy
-    core (benchmarks/thread_policy.py)."""
+    core (benchmarks/speed/thread_policy.py)."""
     code = ("import numpy as np, numba\nfrom accel import dispatch\n"
             "mod = dispatch.kernels('optim', 'cpu')\np = np.zeros(10, np.float32)\n"
             "mod.KERNELS['sgd'](p, p.copy(), np.ones(2), 0.1, 0.0, 10.0, np.zeros(4, np.int64))\n"

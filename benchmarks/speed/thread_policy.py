@@ -17,7 +17,7 @@ configuration; medians and spreads (min–max) over rounds, ratios per round. Al
 split over 2 worker processes against 1 (wall clock). Data are random arrays of the real
 shapes (the timing does not depend on the values). Writes thread_policy.json and .png.
 
-    python benchmarks/thread_policy.py [--rounds 3] [--iterations 1000] [--trials 20]
+    python benchmarks/speed/thread_policy.py [--rounds 3] [--iterations 1000] [--trials 20]
         [--steps 200] [--no-torch] [--out DIR] [--quick]
 """
 
@@ -26,18 +26,16 @@ shapes (the timing does not depend on the values). Writes thread_policy.json and
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import timing
+from timing import spread
 
-PINNED = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                           "NUMBA_NUM_THREADS")}
+PINNED = timing.ONE_THREAD
 OPTIMIZERS = (("SGD", 0.01), ("Momentum", 0.01), ("AdaGrad", 0.01), ("RMSProp", 0.001),
               ("Adam", 0.001))
 CONFIGS = ("accel default", "accel pinned", "torch default", "torch pinned")
@@ -129,16 +127,9 @@ PRODUCTS = ((128, 100, 100), (128, 784, 100), (512, 784, 256), (1024, 784, 1024)
 KERNEL_SIZES = (10**4, 3 * 10**4, 10**5, 3 * 10**5, 10**6, 3 * 10**6, 10**7)
 
 
-def _median(fn, seconds=0.3, least=5):
-    for _ in range(2):
-        fn()
-    times = []
-    t_end = time.perf_counter() + seconds
-    while len(times) < least or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def _median(fn):
+    """Median seconds of ``fn()`` over at least 5 calls and 0.3 s."""
+    return timing.median(fn, 5, min_time=0.3)
 
 
 def thresholds_worker():
@@ -187,16 +178,12 @@ def thresholds(a):
     out = {}
     for condition in ("quiet", "busy"):
         for layer in ("omp", "workqueue"):
-            env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
-            cmd = [sys.executable, __file__, "--worker", "thresholds"]
+            env = dict(NUMBA_THREADING_LAYER=layer)
             if condition == "busy":
                 with Busy(600):
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    res = timing.run_worker(__file__, "--worker", "thresholds", env=env)
             else:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-3000:])
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
+                res = timing.run_worker(__file__, "--worker", "thresholds", env=env)
             out[f"{condition} {layer}"] = res
             many = f"threads_{res['cores']}_s"
             print(f"thresholds {condition} {res['layer']}: " + ", ".join(
@@ -210,7 +197,7 @@ def thresholds(a):
 
 def worker(a):
     if a.worker == "thresholds":
-        print(json.dumps(thresholds_worker()))
+        timing.reply(thresholds_worker())
         return
     who, workload, how = a.worker.split(":")
     if who == "accel":  # imports outside the timing, as torch's: Numba and the kernel modules
@@ -225,7 +212,7 @@ def worker(a):
         accel_work(workload, a)
     else:
         torch_work(workload, a, how == "pinned")
-    print(json.dumps({"seconds": time.perf_counter() - t0}))
+    timing.reply({"seconds": time.perf_counter() - t0})
 
 
 # -- the rounds
@@ -233,18 +220,13 @@ def worker(a):
 
 def run(kind, workload, a, env_extra=()):
     who, how = kind.split()
-    env = dict(os.environ, **(PINNED if how == "pinned" else {}), **dict(env_extra))
-    cmd = [sys.executable, __file__, "--worker", f"{who}:{workload}:{how}",
-           "--iterations", str(a.iterations), "--trials", str(a.trials), "--steps",
-           str(a.steps)]
+    env = dict(PINNED if how == "pinned" else {}, **dict(env_extra))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                              timeout=a.timeout)
+        return timing.run_worker(__file__, "--worker", f"{who}:{workload}:{how}",
+                                 "--iterations", a.iterations, "--trials", a.trials,
+                                 "--steps", a.steps, env=env, timeout=a.timeout)["seconds"]
     except subprocess.TimeoutExpired:
         return float(a.timeout)  # a lower bound: the JSON lists the runs that hit it
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} {workload} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
 
 
 def search_split(a, workers):
@@ -276,11 +258,6 @@ class Busy:
     def __exit__(self, *exc):
         self.proc.kill()
         self.proc.wait()
-
-
-def spread(values):
-    v = np.asarray(values, float)
-    return dict(median=float(np.median(v)), min=float(v.min()), max=float(v.max()))
 
 
 def fmt(s, unit=" s", digits=2):
@@ -324,7 +301,7 @@ def plot(summary, configs, path, timeout=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = timing.parser(__doc__)
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds of alternating processes (default: %(default)s)")
     ap.add_argument("--iterations", type=int, default=1000,
@@ -341,8 +318,7 @@ def main(argv=None):
                     help="skip the products and kernels by size (the thresholds' evidence)")
     ap.add_argument("--quick", action="store_true",
                     help="1 round, 50 iterations, 2 trials of 20 steps (seconds; the tests)")
-    ap.add_argument("--out", default="benchmarks/out/",
-                    help="folder for thread_policy.json and .png (default: %(default)s)")
+    timing.add_out(ap, "thread_policy.json and .png")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
@@ -356,7 +332,7 @@ def main(argv=None):
              for w in ("optimizers", "search")}
     split = {"1 worker": [], "2 workers": []}
     timed_out = []
-    load_before = os.getloadavg()[0]
+    load_before = timing.check_load()
     for r in range(a.rounds):
         for condition in ("quiet", "busy"):
             for workload in ("optimizers", "search"):
@@ -409,22 +385,16 @@ def main(argv=None):
         mark = "" if target is None else (" ✓" if s["median"] <= target else " ✗") + \
             f" (≤ {target})"
         print(f"  {name}: {fmt(s, '×', 3)}{mark}")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(rounds=a.rounds, iterations=a.iterations, trials=a.trials, steps=a.steps,
-                cpus=os.cpu_count(), platform=platform.platform(),
-                python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                load_before=load_before, load_after=os.getloadavg()[0],
-                command=" ".join(["python", *sys.argv]), targets=targets,
-                timeout=a.timeout, timed_out=timed_out)
-    (out / "thread_policy.json").write_text(json.dumps(
-        dict(meta=meta, summary=summary, ratios=ratios, times=times, search_split=split,
-             thresholds=measured_thresholds), indent=1))
+    meta = timing.machine(load_before, rounds=a.rounds, iterations=a.iterations,
+                          trials=a.trials, steps=a.steps, targets=targets, timeout=a.timeout,
+                          timed_out=timed_out)
+    path = timing.write_json(a.out, "thread_policy", dict(
+        meta=meta, summary=summary, ratios=ratios, times=times, search_split=split,
+        thresholds=measured_thresholds))
     try:
-        plot(summary, configs, out / "thread_policy.png", a.timeout)
+        plot(summary, configs, path.with_suffix(".png"), a.timeout)
     except ImportError:
         print("no matplotlib: no plot")
-    print(f"wrote {out / 'thread_policy.json'}")
     return 0
 
 

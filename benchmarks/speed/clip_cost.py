@@ -14,37 +14,22 @@ machine; medians and spreads (min–max) over rounds, ratios taken per round:
 The clipping threshold is far above the norm, so the parameters move the same way in every
 repetition (the factor is 1; both libraries still compute and apply it).
 
-    python benchmarks/clip_cost.py [--n 10000000] [--rounds 5] [--steps 25] [--out DIR]
+    python benchmarks/speed/clip_cost.py [--n 10000000] [--rounds 5] [--steps 25] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
+import timing
 
-ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                              "NUMBA_NUM_THREADS")}
 KINDS = ("accel", "accel_clip", "torch", "torch_clip")
 
 
-def median_ms(fn, n, warmup=3):
-    """Median milliseconds of ``fn()`` over ``n`` calls (after ``warmup`` calls)."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t0
-    return float(np.median(times) * 1e3)
+def median_ms(fn, n):
+    """Median milliseconds of ``fn()`` over ``n`` calls (after 3 untimed calls)."""
+    return timing.median(fn, n, warmup=3) * 1e3
 
 
 def worker(kind, n, steps):
@@ -74,13 +59,8 @@ def worker(kind, n, steps):
 
 
 def run_worker(kind, n, steps):
-    env = dict(os.environ, **ONE_THREAD)
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--n", str(n),
-                           "--steps", str(steps)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return timing.run_worker(__file__, "--worker", kind, "--n", n, "--steps", steps,
+                             env=timing.ONE_THREAD, timeout=600)
 
 
 def spread(values):
@@ -88,29 +68,26 @@ def spread(values):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = timing.parser(__doc__)
     ap.add_argument("--n", type=int, default=10**7, help="parameters (default 1e7)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     ap.add_argument("--steps", type=int, default=25, help="timed steps a process (default 25)")
-    ap.add_argument("--out", default="benchmarks/out/", metavar="DIR",
-                    help="folder for the JSON (default: benchmarks/out/)")
+    timing.add_out(ap, "clip_cost.json")
     ap.add_argument("--no-torch", action="store_true", help="accel's rows only")
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n, args.steps)))
+        timing.reply(worker(args.worker, args.n, args.steps))
         return
     for name in ("n", "rounds", "steps"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     kinds = KINDS[:2] if args.no_torch else KINDS
-    if not args.no_torch:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            print("torch is not installed: accel's rows only")
-            kinds = KINDS[:2]
+    if not args.no_torch and timing.torch_missing():
+        print(f"{timing.torch_missing()}: accel's rows only")
+        kinds = KINDS[:2]
     rounds = {k: [] for k in kinds}
+    load_before = timing.check_load()
     for r in range(args.rounds):
         for kind in kinds:
             rounds[kind].append(run_worker(kind, args.n, args.steps)["ms"])
@@ -131,15 +108,8 @@ def main(argv=None):
                                                        rounds=ratio)
     summary["clipping_adds_ms"] = {k: dict(median=float(np.median(v)), rounds=v)
                                    for k, v in added.items()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(n=args.n, rounds=args.rounds, steps=args.steps, cpus=os.cpu_count(),
-                platform=platform.platform(), numpy=np.__version__,
-                date=time.strftime("%Y-%m-%d %H:%M:%S"), load=os.getloadavg()[0])
-    path = out / "clip_cost.json"
-    path.write_text(json.dumps(dict(meta=meta, summary=summary), indent=1))
-    print(f"wrote {path}")
-
+    meta = timing.machine(load_before, n=args.n, rounds=args.rounds, steps=args.steps)
+    timing.write_json(args.out, "clip_cost", dict(meta=meta, summary=summary))
 
 if __name__ == "__main__":
     main()

@@ -13,38 +13,25 @@ machine; medians and spreads (min–max) over rounds, ratios taken per round:
   guard, forward, backward, update), plain and with BatchNorm, against the same model in
   torch (``zero_grad``, forward, cross-entropy, ``backward``, ``Adam.step``).
 
-    python benchmarks/step_overhead.py [--rounds 7] [--steps 3000] [--out DIR] [--no-torch]
+    python benchmarks/speed/step_overhead.py [--rounds 7] [--steps 3000] [--out DIR] [--no-torch]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
+import timing
+from timing import spread
 
 SIZES = [8, 8, 8, 8, 8, 2]  # the tiny MLP: 8-8x4-2
 BATCH = 4
-ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                              "NUMBA_NUM_THREADS")}
 
 
-def median_us(fn, n, warmup=300):
-    """Median microseconds of ``fn()`` over ``n`` calls (after ``warmup`` calls)."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t0
-    return float(np.median(times) * 1e6)
+def median_us(fn, n):
+    """Median microseconds of ``fn()`` over ``n`` calls (after 300 untimed calls)."""
+    return timing.median(fn, n, warmup=300) * 1e6
 
 
 def calls_worker(n):
@@ -130,22 +117,12 @@ def torch_step_worker(batchnorm, n):
     return dict(step_us=median_us(step, n), torch=torch.__version__)
 
 
-def spread(values):
-    v = np.asarray(values, float)
-    return dict(median=float(np.median(v)), min=float(v.min()), max=float(v.max()))
-
-
 def fmt(s, unit=" µs", digits=1):
     return (f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f}–{s['max']:.{digits}f})")
 
 
 def run_worker(kind, steps):
-    env = dict(os.environ, **ONE_THREAD)
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--steps", str(steps)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {kind} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return timing.run_worker(__file__, "--worker", kind, "--steps", steps, env=timing.ONE_THREAD)
 
 
 def plot(summary, path):
@@ -196,14 +173,13 @@ def plot(summary, path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap = timing.parser(__doc__)
     ap.add_argument("--rounds", type=int, default=7,
                     help="rounds of alternating processes (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=3000,
                     help="timed calls per process; the median is kept (default: %(default)s)")
     ap.add_argument("--no-torch", action="store_true", help="accel's rows only")
-    ap.add_argument("--out", default="benchmarks/out/",
-                    help="folder for step_overhead.json and .png (default: %(default)s)")
+    timing.add_out(ap, "step_overhead.json and .png")
     ap.add_argument("--worker", choices=("calls", "accel", "accel_bn", "torch", "torch_bn"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -215,11 +191,11 @@ def main(argv=None):
             res = accel_step_worker(kind.endswith("_bn"), args.steps)
         else:
             res = torch_step_worker(kind.endswith("_bn"), args.steps)
-        print(json.dumps(res))
+        timing.reply(res)
         return 0
     kinds = ["calls", "accel", "accel_bn"] + ([] if args.no_torch else ["torch", "torch_bn"])
     rounds = {k: [] for k in kinds}
-    load_before = os.getloadavg()[0]
+    load_before = timing.check_load()
     for r in range(args.rounds):
         for kind in kinds:
             rounds[kind].append(run_worker(kind, args.steps))
@@ -254,21 +230,16 @@ def main(argv=None):
     print(f"  with BatchNorm:         accel {fmt(summary['accel_bn_step'])}"
           + ("" if args.no_torch else f", torch {fmt(summary['torch_bn_step'])}, accel/torch "
              f"{fmt(summary['accel_over_torch_bn'], '×', 3)}"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = dict(rounds=args.rounds, steps=args.steps, sizes=SIZES, batch=BATCH,
-                threads=1, cpus=os.cpu_count(), platform=platform.platform(),
-                python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                load_before=load_before, load_after=os.getloadavg()[0],
-                torch=None if args.no_torch else rounds["torch"][0]["torch"],
-                path=calls[0]["path"], command=" ".join(["python", *sys.argv]))
-    (out / "step_overhead.json").write_text(json.dumps(dict(meta=meta, summary=summary,
-                                                            rounds=rounds), indent=1))
+    meta = timing.machine(load_before, rounds=args.rounds, steps=args.steps, sizes=SIZES,
+                          batch=BATCH, threads=1,
+                          torch=None if args.no_torch else rounds["torch"][0]["torch"],
+                          path=calls[0]["path"])
+    path = timing.write_json(args.out, "step_overhead", dict(meta=meta, summary=summary,
+                                                             rounds=rounds))
     try:
-        plot(summary, out / "step_overhead.png")
+        plot(summary, path.with_suffix(".png"))
     except ImportError:
         print("no matplotlib: no plot")
-    print(f"wrote {out / 'step_overhead.json'}")
     return 0
 
 

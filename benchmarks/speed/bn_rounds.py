@@ -1,15 +1,15 @@
 """Batch-norm training forward + backward on the CPU: accel against torch, in rounds.
 
 Each round runs two fresh processes, one after the other: accel (the fused kernel through
-accel.dispatch, the xp reference, and two kernels of bench_kernels with trivial math: the
-roofline, which moves the compulsory bytes (read x, write out; read x, dy, write dx), and the
-two-pass floor, which moves the bytes of the fused kernels (x, and x and dy, read once more
-for the column sums)) and torch (native_batch_norm and
-its backward, as bench_kernels times it). Alternating processes give both the same share of a
+accel.dispatch, the xp reference, and batchnorm_roofline.py's two kernels with trivial math:
+the roofline, which moves the compulsory bytes (read x, write out; read x, dy, write dx), and
+the two-pass floor, which moves the bytes of the fused kernels (x, and x and dy, read once
+more for the column sums)) and torch (native_batch_norm and its backward, as
+batchnorm_roofline.py times it). Alternating processes give both the same share of a
 noisy machine; the medians and the spread (min–max) over rounds are printed, and of the
 accel/torch ratio per round.
 
-    python benchmarks/bn_rounds.py [--rounds 7] [--shape 1024 4096] [--out DIR]
+    python benchmarks/speed/bn_rounds.py [--rounds 7] [--shape 1024 4096] [--out DIR]
         [--also FILE] [--malloc-heap]
 
 ``--also FILE`` times, in the accel process too, the kernels of another version of
@@ -29,19 +29,12 @@ torch allocates its outputs afresh on every call, and so does the xp reference.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_kernels import bn_case, median_time, roofline_kernels  # noqa: E402
+import timing
+from batchnorm_roofline import bn_case, roofline_kernels
+from timing import spread
 
 
 def load_kernels(path):
@@ -60,15 +53,15 @@ def accel_worker(n, d, reps, also=None):
 
     from accel import dispatch, functional
 
-    roofline = roofline_kernels()
+    roofline = roofline_kernels(n * d)
     c = bn_case(np, n, d, np.random.default_rng(1))
     x, dy, fwd_bwd = c.x, c.dy, c.fwd_bwd
 
-    fused = median_time(lambda: fwd_bwd(dispatch), reps, min_time=0.3)
+    fused = timing.median(lambda: fwd_bwd(dispatch), reps, min_time=0.3)
     out, dx = np.empty_like(x), np.empty_like(x)
-    roof = median_time(lambda: roofline.bn(x, dy, out, dx), reps, min_time=0.3)
-    two_pass = median_time(lambda: roofline.bn_two_pass(x, dy, out, dx), reps, min_time=0.3)
-    ref = median_time(lambda: fwd_bwd(functional), max(3, reps // 3))
+    roof = timing.median(lambda: roofline.bn(x, dy, out, dx), reps, min_time=0.3)
+    two_pass = timing.median(lambda: roofline.bn_two_pass(x, dy, out, dx), reps, min_time=0.3)
+    ref = timing.median(lambda: fwd_bwd(functional), max(3, reps // 3))
     import numba
 
     res = dict(fused_s=fused, roofline_s=roof, two_pass_floor_s=two_pass, reference_s=ref,
@@ -84,9 +77,9 @@ def accel_worker(n, d, reps, also=None):
         other = load_kernels(also)
         current, other_t = [], []
         for _ in range(3):  # alternating, in this process
-            current.append(median_time(lambda: direct(batchnorm_cpu.KERNELS), reps,
+            current.append(timing.median(lambda: direct(batchnorm_cpu.KERNELS), reps,
                                        min_time=0.2))
-            other_t.append(median_time(lambda: direct(other), reps, min_time=0.2))
+            other_t.append(timing.median(lambda: direct(other), reps, min_time=0.2))
         res.update(kernels_current_s=float(np.median(current)),
                    kernels_other_s=float(np.median(other_t)))
     return res
@@ -106,13 +99,8 @@ def torch_worker(n, d, reps):
             dy, x, g, rm, rv, mean, invstd, True, 1e-5, [True, True, True])
 
     with torch.no_grad():
-        t = median_time(fwd_bwd, reps, min_time=0.3)
+        t = timing.median(fwd_bwd, reps, min_time=0.3)
     return dict(torch_s=t, torch=torch.__version__, threads=torch.get_num_threads())
-
-
-def spread(values):
-    v = np.asarray(values, float)
-    return dict(median=float(np.median(v)), min=float(v.min()), max=float(v.max()))
 
 
 def fmt(s, scale=1e3, unit=" ms"):
@@ -120,7 +108,7 @@ def fmt(s, scale=1e3, unit=" ms"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = timing.parser(__doc__)
     ap.add_argument("--rounds", type=int, default=7,
                     help="rounds, each an accel process then a torch process (default: 7)")
     ap.add_argument("--shape", type=int, nargs=2, default=(1024, 4096), metavar=("N", "D"),
@@ -141,21 +129,19 @@ def main(argv=None):
     if args.worker:
         res = (accel_worker(n, d, args.reps, args.also) if args.worker == "accel"
                else torch_worker(n, d, args.reps))
-        print(json.dumps(res))
+        timing.reply(res)
         return
     kinds = ["accel"] if args.no_torch else ["accel", "torch"]
     rounds = {k: [] for k in kinds}
-    env = dict(os.environ)
+    env = {}
     if args.malloc_heap:
         env.update(MALLOC_MMAP_THRESHOLD_=str(2**30), MALLOC_TRIM_THRESHOLD_=str(2**32))
-    load_before = os.getloadavg()[0]
+    load_before = timing.check_load()
     for r in range(args.rounds):
         for kind in kinds:
             extra = ["--also", args.also] if args.also and kind == "accel" else []
-            proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--shape",
-                                   str(n), str(d), "--reps", str(args.reps), *extra],
-                                  capture_output=True, text=True, check=True, env=env)
-            rounds[kind].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rounds[kind].append(timing.run_worker(__file__, "--worker", kind, "--shape", n, d,
+                                                  "--reps", args.reps, *extra, env=env))
         line = ", ".join(f"{k} {v[-1].get('fused_s', v[-1].get('torch_s')) * 1e3:.2f} ms"
                          for k, v in rounds.items())
         print(f"round {r + 1}: {line}", flush=True)
@@ -193,17 +179,11 @@ def main(argv=None):
         print(f"  torch          {fmt(summary['torch'])}   torch {rounds['torch'][0]['torch']}")
         print(f"  fused/torch    {fmt(summary['fused_over_torch'], 1, '×')}")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"bn_rounds-{n}x{d}{'-malloc-heap' if args.malloc_heap else ''}.json"
-        meta = dict(shape=[n, d], dtype="float32", rounds=args.rounds, reps=args.reps,
-                    also=args.also, malloc_heap=args.malloc_heap,
-                    cpus=os.cpu_count(), platform=platform.platform(),
-                    date=time.strftime("%Y-%m-%d %H:%M:%S"), load_before=load_before,
-                    load_after=os.getloadavg()[0])
-        path.write_text(json.dumps(dict(meta=meta, summary=summary, rounds=rounds), indent=1))
-        print(f"wrote {path}")
-
+        meta = timing.machine(load_before, shape=[n, d], dtype="float32", rounds=args.rounds,
+                              reps=args.reps, also=args.also, malloc_heap=args.malloc_heap)
+        timing.write_json(args.out, f"bn_rounds-{n}x{d}"
+                          f"{'-malloc-heap' if args.malloc_heap else ''}",
+                          dict(meta=meta, summary=summary, rounds=rounds))
 
 if __name__ == "__main__":
     main()

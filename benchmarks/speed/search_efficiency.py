@@ -14,21 +14,26 @@ study, and reports:
    pruning, TPE with median pruning, and both with Hyperband. Trials are counted in the order
    they ran (one worker).
 
-    python benchmarks/search_efficiency.py --dataset fashion-mnist [--trials 100] [--quick]
+    python benchmarks/speed/search_efficiency.py --dataset fashion-mnist [--trials 100] [--quick]
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import common
-import hyperparameter_search as hs
 import optuna
+import timing
 from optuna.trial import TrialState
 
 from accel import search
+
+# the book's experiment plumbing and its search script, one folder up (benchmarks/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+import hyperparameter_search as hs  # noqa: E402
 
 # worker processes, BLAS threads per worker (None: accel's thread policy, one thread for the
 # book's products)
@@ -85,6 +90,7 @@ def main(argv=None):
     common.option(p, "--repeats", DEFAULTS, QUICK,
                   "timed runs of each worker count (alternating)")
     args = p.parse_args(argv)
+    timing.check_load()
     run = common.start(args)
     cfg = common.config_from(args, DEFAULTS, QUICK, ["trials", "repeats"])
     results = {}
@@ -102,7 +108,7 @@ def main(argv=None):
                 plain = plain or (study if w == 1 else None)
                 done = study.get_trials(deepcopy=False, states=search.DONE)
                 assert len(done) == cfg["trials"], (c, len(done))
-        med = {c: sorted(v)[len(v) // 2] for c, v in walls.items()}
+        med = {c: timing.spread(v)["median"] for c, v in walls.items()}
         one = med["1 worker"]
         results["workers"] = {"wall_s": walls, "final": {
             "median_wall_s": med, **{f"ratio {c} / 1 worker": round(m / one, 3)
