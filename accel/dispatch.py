@@ -497,6 +497,9 @@ def _layout(a):
     return f.c_contiguous, f.writeable, f.aligned, type(a)
 
 
+_ONCE = ()  # a plan's entry after its first call (falsy: the dispatcher is called)
+
+
 def _is_record(a) -> bool:
     """A record as the CPU kernels were compiled for: a writable C-contiguous int64 vector."""
     return type(a) is np.ndarray and a.dtype == _INT64 and a.ndim == 1 and \
@@ -589,7 +592,7 @@ class Plan:
             _first_use(*self.key)
             self.reshape = op.flat and any(len(e[1]) != 1 for e in self.expect)
             self.count = _counts.setdefault(self.key, [0])  # shared by the key's plans
-            self.entry = None  # the compiled function itself, once the first call made it
+            self.entry = None  # the compiled function itself, looked up at the second call
             self.checked_record = None
             self.run = self._run_cpu
 
@@ -610,10 +613,12 @@ class Plan:
     def _run_cpu(self, arrays, scalars, record):
         """The common case, kept short: NumPy arrays as the kernel takes them.
 
-        After the first call, the compiled function is called without Numba's dispatcher
+        From the third call on, the compiled function is called without Numba's dispatcher
         (which types every argument again): the plan has checked what the dispatcher would
         (the arrays' types, dtypes, dimensions and layouts are the plan's; outputs and
-        workspaces are its own), and the compiled function converts the scalars itself."""
+        workspaces are its own), and the compiled function converts the scalars itself.
+        Finding it costs ~40 µs, so a plan looks for it at its second call (a call site's),
+        never for a one-off ``call``."""
         self.last = arrays
         if self.reshape:
             arrays = [a.reshape(-1) for a in arrays]
@@ -636,8 +641,9 @@ class Plan:
         else:
             args = (*arrays, *map(float, scalars), *tail)
             self.kernel(*args)
-            if entry is None and learn:
-                self.entry = _entry_point(self.kernel, args) or False  # False: not found
+            if learn and entry is not False:  # found at a second call: a call site's plan
+                self.entry = _ONCE if entry is None else \
+                    _entry_point(self.kernel, args) or False  # False: not found
         self.count[0] += 1
         _last[self.key[0]] = "cpu"
         return None if not outputs else outputs[0] if len(outputs) == 1 else tuple(outputs)

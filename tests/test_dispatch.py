@@ -29,7 +29,7 @@ def test_a_site_calls_the_compiled_kernel_directly_with_the_same_results():
         F.scaled_add(want, x, 0.25 * step)
         site(y, x, scalars=(0.25 * step,))  # a Python float, then ints: converted alike
         np.testing.assert_array_equal(y, want)
-    assert site.plan.entry  # the compiled function, found after the first call
+    assert site.plan.entry  # the compiled function, found at the second call
     dispatch.reset_calls()
     site(y, x, scalars=(1,))
     assert dispatch.calls() == {("scaled_add", "cpu"): 1}
@@ -75,6 +75,15 @@ def test_arrays_of_another_layout_do_not_take_the_direct_call(make):
     np.testing.assert_allclose(other, want, rtol=1e-6)
 
 
+def test_a_one_off_call_does_not_look_for_the_compiled_function():
+    y, x = np.ones(9, np.float32), np.ones(9, np.float32)
+    plan = dispatch.Plan(F.scaled_add, (y, x))
+    plan(y, x, scalars=(2.0,))
+    assert plan.entry == () and y[0] == 3  # one call: the dispatcher, nothing looked up
+    plan(y, x, scalars=(2.0,))
+    assert plan.entry and y[0] == 5
+
+
 def test_a_record_of_another_dtype_takes_the_dispatcher_and_is_not_learnt():
     rng = np.random.default_rng(3)
     p, g, m, v = (rng.standard_normal(20).astype(np.float32) for _ in range(4))
@@ -83,7 +92,9 @@ def test_a_record_of_another_dtype_takes_the_dispatcher_and_is_not_learnt():
     scalars = (0.9, 0.999, 1e-8, 1e-3, 1, False, 0.0, 1.0, 0)
     good = np.zeros(R.FLAGS, np.int64)
     site(p, g, m, v, clip, scalars=scalars, record=good)
+    site(p, g, m, v, clip, scalars=scalars, record=good)
     entry = site.plan.entry
+    assert entry
     odd = np.zeros(R.FLAGS, np.float64)
     odd[R.SKIP] = 1
     before = p.copy()
