@@ -210,11 +210,7 @@ def main(argv=None):
         timing.reply(torch_worker(shapes, args.quick))
         return 0
     load = timing.check_load()
-    why = "--no-torch" if args.no_torch else timing.torch_missing()
-    torch_rows = {} if why else timing.run_worker(__file__, "--worker",
-                                                  *(["--quick"] if args.quick else []))
-    if why:
-        print(f"torch rows skipped: {why}")
+    torch_rows, why = timing.torch_rows(__file__, args)
     rows = measure(shapes, args.quick, torch_rows)
     print_table(rows)
     meta = timing.machine(load, quick=args.quick, torch=torch_rows.get("torch"),

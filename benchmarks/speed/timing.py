@@ -119,6 +119,16 @@ def torch_missing() -> str | None:
     return None if importlib.util.find_spec("torch") else "torch is not installed"
 
 
+def torch_rows(script, args) -> tuple[dict, str | None]:
+    """(torch's rows, None) from ``script --worker [--quick]`` in a fresh process, or ({},
+    why not) with ``--no-torch`` or without torch (said on stdout)."""
+    why = "--no-torch" if args.no_torch else torch_missing()
+    if why:
+        print(f"torch rows skipped: {why}")
+        return {}, why
+    return run_worker(script, "--worker", *(["--quick"] if args.quick else [])), None
+
+
 def parser(doc) -> argparse.ArgumentParser:
     """An ArgumentParser described by the first paragraph of the script's docstring."""
     return argparse.ArgumentParser(description=" ".join(doc.strip().split("\n\n")[0].split()))
