@@ -617,8 +617,8 @@ class Plan:
         (which types every argument again): the plan has checked what the dispatcher would
         (the arrays' types, dtypes, dimensions and layouts are the plan's; outputs and
         workspaces are its own), and the compiled function converts the scalars itself.
-        Finding it costs ~40 µs, so a plan looks for it at its second call (a call site's),
-        never for a one-off ``call``."""
+        Finding it types every argument once more (more than a call costs), so a plan looks
+        for it at its second call (a call site's), never for a one-off ``call``."""
         self.last = arrays
         if self.reshape:
             arrays = [a.reshape(-1) for a in arrays]

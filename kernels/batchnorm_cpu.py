@@ -37,7 +37,8 @@ MAX_CHUNKS = 64
 ROW_BLOCK = 4  # rows summed in registers before a chunk's column sums are loaded and stored
 # The row-block loop is written out in both kernels: as one helper taking the summed terms as
 # a function it gave the same bits, but Numba cannot cache a kernel that passes a function
-# ("dynamic globals": a compile in every process) and the forward ran 5-8 % slower.
+# ("dynamic globals": a compile in every process), and the forward ran slower
+# (docs/performance.md, "Batch norm forward + backward").
 
 
 @njit(cache=True)
